@@ -1,0 +1,21 @@
+"""dcpo-mcore: DCPO (Dynamic Clipping Policy Optimization) RL trainer on megatron-core."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def _requirements(name: str) -> list[str]:
+    lines = (Path(__file__).parent / "requirements" / name).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "-r"))]
+
+
+setup(
+    name="dcpo-mcore",
+    version="0.1.0",
+    description="DCPO reinforcement learning for LLMs on megatron-core with SGLang rollouts",
+    python_requires="==3.11.*",
+    packages=find_packages(include=["dcpo_mcore", "dcpo_mcore.*"]),
+    install_requires=_requirements("cpu.txt"),
+    extras_require={"gpu": _requirements("gpu.txt")},
+    entry_points={"console_scripts": ["dcpo-train=dcpo_mcore.cli:train_main"]},
+)

@@ -1,0 +1,34 @@
+"""DAPO-specific pieces (spec §7.2): the dynamic-sampling group filter and overlong reward shaping."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .grouping import prompt_groups
+
+
+def dynamic_sampling_keep(values: torch.Tensor, prompt_keys: Sequence[str], group_size: int | None = None) -> torch.Tensor:
+    """Rows [N] to keep: groups whose ``values`` (DAPO filters on correctness) are not all equal.
+
+    An all-equal group has zero variance, so group standardisation gives it zero advantage everywhere.
+    """
+    keep = torch.zeros(values.shape[0], dtype=torch.bool)
+    for _, start, stop in prompt_groups(prompt_keys, group_size):
+        group = values[start:stop]
+        keep[start:stop] = bool((group != group[0]).any())
+    return keep
+
+
+def overlong_penalty(
+    response_lengths: torch.Tensor, max_response_len: int, buffer_len: int, penalty_factor: float = 1.0
+) -> torch.Tensor:
+    """Soft overlong punishment on RESPONSE length (B5; the fork passed the prompt length, so it was always 0).
+
+    0 for L <= L_max - buffer, then linear down to -penalty_factor at L = L_max.
+    """
+    if buffer_len <= 0:
+        return torch.zeros(response_lengths.shape, dtype=torch.float32)
+    expected = max_response_len - buffer_len
+    excess = response_lengths.to(torch.float32) - expected
+    return torch.clamp(-excess / buffer_len * penalty_factor, max=0.0)

@@ -1,0 +1,128 @@
+"""Token objectives of the baselines, and the registry that selects an objective by name.
+
+Spec dcpo_spec.md §7 (formulas as intended, with the reference code's bugs fixed: B6 per-sequence GSPO
+ratio, B13 one ratio cap). Every objective has the same call shape
+
+    fn(logprobs[B,T], old_logprobs[B,T], advantages[B] or [B,T], mask[B,T], params) -> TokenLossOutput
+
+and its own typed parameter dataclass, so a loss never receives the whole config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+
+from .clipping import (
+    LOG_RATIO_CLAMP,
+    TokenLossOutput,
+    _as_float,
+    broadcast_advantages,
+    clipped_surrogate,
+    dcpo_token_objective,
+    log_ratio,
+)
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class DcpoClipParams:
+    """DCPO dynamic-adaptive clipping (paper A.9: eps 0.16 / 0.2, r_max 10 for both signs)."""
+
+    eps_low: float = 0.16
+    eps_high: float = 0.2
+    ratio_cap: float = 10.0
+
+
+@dataclass(frozen=True)
+class PpoClipParams:
+    """Fixed PPO clip [1 - eps_low, 1 + eps_high], optional dual clip c for A < 0.
+
+    GRPO: (0.2, 0.2, no dual clip); DAPO clip-higher: (0.2, 0.28, c = 10).
+    """
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip_c: float | None = None
+
+
+@dataclass(frozen=True)
+class GspoParams:
+    """GSPO sequence-ratio clip (Zheng et al. 2025; spec §7.3): [1 - 3e-4, 1 + 4e-4]."""
+
+    eps_low: float = 3e-4
+    eps_high: float = 4e-4
+
+
+ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams]
+
+
+def dcpo_objective(logprobs, old_logprobs, advantages, mask, params: DcpoClipParams) -> TokenLossOutput:
+    """Paper Eq. 3 with dynamic bounds (spec §4.2). ``mask`` is unused: the objective is per token."""
+    del mask
+    return dcpo_token_objective(logprobs, old_logprobs, advantages, params.eps_low, params.eps_high, params.ratio_cap)
+
+
+def ppo_clip_objective(logprobs, old_logprobs, advantages, mask, params: PpoClipParams) -> TokenLossOutput:
+    """GRPO (paper Eq. 12) and DAPO (Eq. 13) token objective with fixed bounds."""
+    del mask
+    ratio = torch.exp(log_ratio(_as_float(logprobs), _as_float(old_logprobs)))
+    adv = broadcast_advantages(advantages, ratio)
+    return clipped_surrogate(ratio, adv, 1.0 - params.eps_low, 1.0 + params.eps_high, params.dual_clip_c)
+
+
+def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean log-ratio [B, 1] over response tokens (B6: per sequence, not per micro-batch)."""
+    m = mask.to(logprobs.dtype)
+    diff = (logprobs - old_logprobs.detach()) * m
+    return (diff.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1.0))
+
+
+def gspo_objective(logprobs, old_logprobs, advantages, mask, params: GspoParams) -> TokenLossOutput:
+    """GSPO token form (spec §7.3, paper Eq. 14).
+
+    s_i = exp(mean_t(logp - oldlogp)); s_{i,t} = sg[s_i] * pi(o_t) / sg[pi(o_t)], which equals s_i in value
+    and carries the per-token gradient s_i * d logp_t; clip is applied to the sequence ratio.
+    """
+    logprobs = _as_float(logprobs)
+    seq_lr = sequence_log_ratio(logprobs, _as_float(old_logprobs), mask)
+    # The per-sequence log-ratio is clamped at <= 10 as in the fork's correct `gspo` path; the lower side uses the
+    # same bound as the token ratio so exp cannot underflow into a zero-gradient trap.
+    seq_lr = torch.clamp(seq_lr, -LOG_RATIO_CLAMP, 10.0)
+    token_lr = seq_lr.detach() + logprobs - logprobs.detach()
+    ratio = torch.exp(token_lr)
+    adv = broadcast_advantages(advantages, ratio)
+    return clipped_surrogate(ratio, adv, 1.0 - params.eps_low, 1.0 + params.eps_high, None)
+
+
+def low_var_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi || ref) per token (spec §7.1): exp(d) - d - 1 with d = ref - logp.
+
+    The inner difference is clamped to +-20 and the result to [-10, 10], as in the GRPO baseline.
+    """
+    d = torch.clamp(ref_logprobs.detach() - logprobs, -20.0, 20.0)
+    return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+
+
+ObjectiveFn = Callable[..., TokenLossOutput]
+
+
+@dataclass(frozen=True)
+class ObjectiveEntry:
+    fn: ObjectiveFn
+    params_type: type
+
+
+OBJECTIVES: Registry[ObjectiveEntry] = Registry("token objective")
+OBJECTIVES.register("dcpo", ObjectiveEntry(dcpo_objective, DcpoClipParams))
+OBJECTIVES.register("ppo_clip", ObjectiveEntry(ppo_clip_objective, PpoClipParams))
+OBJECTIVES.register("gspo", ObjectiveEntry(gspo_objective, GspoParams))
+
+
+def token_objective(name: str, logprobs, old_logprobs, advantages, mask, params: ObjectiveParams) -> TokenLossOutput:
+    """Look up objective ``name`` and apply it; the params type must match the objective."""
+    entry = OBJECTIVES.get(name)
+    if not isinstance(params, entry.params_type):
+        raise TypeError(f"objective '{name}' takes {entry.params_type.__name__}, got {type(params).__name__}")
+    return entry.fn(logprobs, old_logprobs, advantages, mask, params)

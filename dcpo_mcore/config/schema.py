@@ -1,0 +1,50 @@
+"""The root of the one config tree, `TrainConfig`. Sections live in model.py, sections.py and
+algo.py; checks that span fields live in validation.py and run here, once, after every section
+has validated on its own.
+"""
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .algo import AlgoConfig
+from .base import Section
+from .errors import ConfigProblems
+from .model import ModelConfig
+from .sections import (CheckpointConfig, DataConfig, LoggingConfig, OptimConfig, ParallelConfig,
+                       RewardConfig, RolloutConfig)
+from .validation import cross_field_problems
+
+
+class TrainConfig(Section):
+    """Everything a training run needs. Build it with `load_config` / `validate_config`, which turn
+    pydantic's errors into one `ConfigError`; constructing it directly raises `ValidationError`."""
+
+    run_dir: str = Field("runs/dcpo", description="Directory for all outputs of the run: resolved "
+                         "config, checkpoints (by default), metrics, logs.")
+    seed: int = Field(42, description="Seed for data order, sampling and model init.")
+    steps: int = Field(400, ge=1, description="Training steps (rollout batches) to run (paper: 400).")
+    eval_interval: int = Field(5, ge=0, description="Evaluate every this many training steps and "
+                               "before the first (paper: 5); 0 = never.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model: checkpoint, "
+                               "architecture, precision.")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Megatron "
+                                     "parallelism and micro-batching of the trainer.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="SGLang servers and "
+                                   "sampling.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Verifier and reward scheme.")
+    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="Policy-gradient method and its "
+                             "hyper-parameters.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Prompt datasets and how they are read.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saving and resuming.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metric sinks.")
+
+    @model_validator(mode="after")
+    def _resolve_and_check(self) -> "TrainConfig":
+        if self.checkpoint.dir is None:
+            self.checkpoint.dir = f"{self.run_dir.rstrip('/')}/checkpoints"
+        problems = cross_field_problems(self)
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+

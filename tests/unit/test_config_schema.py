@@ -1,0 +1,143 @@
+"""The config tree itself: descriptions, strictness, defaults, per-algorithm defaults, shipped configs."""
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from dcpo_mcore.config import ALGO_DEFAULTS, AlgoConfig, ConfigError, TrainConfig, load_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny_test.yaml"
+
+
+def _walk(model: type[BaseModel], prefix: str = ""):
+    """Yield (dotted path, FieldInfo, model class) for every field of every section, recursively."""
+    for name, field in model.model_fields.items():
+        yield prefix + name, field, model
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _walk(field.annotation, prefix + name + ".")
+
+
+def test_every_field_has_a_description():
+    fields = list(_walk(TrainConfig))
+    assert len(fields) > 80  # the walk really descends into the sections
+    missing = [path for path, field, _ in fields if not (field.description or "").strip()]
+    assert missing == []
+
+
+def test_every_section_forbids_unknown_keys():
+    sections = {TrainConfig} | {owner for _, _, owner in _walk(TrainConfig)}
+    assert len(sections) == 10
+    assert all(s.model_config.get("extra") == "forbid" for s in sections)
+
+
+def test_sections_and_their_fields():
+    assert list(TrainConfig.model_fields) == [
+        "run_dir", "seed", "steps", "eval_interval", "model", "parallel", "rollout", "reward", "algo",
+        "optim", "data", "checkpoint", "logging"]
+    paths = {p for p, _, _ in _walk(TrainConfig)}
+    for p in ["model.hf_path", "model.init_checkpoint", "model.fp8_recipe", "parallel.recompute",
+              "rollout.sglang_extra_args", "reward.scheme", "algo.sas_std", "algo.gspo_eps_high",
+              "optim.clip_grad", "data.prompt_key", "checkpoint.async_save", "logging.wandb_project"]:
+        assert p in paths
+
+
+def test_paper_defaults():
+    cfg = load_config(TINY)
+    base = TrainConfig.model_fields
+    assert base["steps"].default == 400
+    r, o = type(cfg.rollout).model_fields, type(cfg.optim).model_fields
+    assert (r["prompts_per_step"].default, r["n_samples_per_prompt"].default) == (512, 16)
+    assert (r["max_prompt_tokens"].default, r["max_new_tokens"].default, r["top_k"].default) == (1024, 3072, -1)
+    assert (o["lr"].default, o["weight_decay"].default, o["clip_grad"].default) == (1e-6, 0.1, 1.0)
+    assert AlgoConfig.model_fields["mini_batch_prompts"].default == 32
+    assert cfg.reward.scheme == "ternary" and cfg.algo.kl_type == "low_var_kl"
+    assert cfg.model.attention_dropout == cfg.model.hidden_dropout == 0.0
+
+
+EXPECTED_ALGO = {
+    "dcpo": dict(eps_low=0.16, eps_high=0.2, ratio_cap=10.0, dual_clip_c=10.0, aggregation="otm",
+                 kl_coef=0.0, dynamic_sampling=False, overlong_buffer_len=0),
+    "grpo": dict(eps_low=0.2, eps_high=0.2, dual_clip_c=None, aggregation="seq_mean_token_mean",
+                 kl_coef=0.001, dynamic_sampling=False, overlong_buffer_len=0),
+    "dapo": dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0, aggregation="token_mean", kl_coef=0.0,
+                 dynamic_sampling=True, overlong_buffer_len=512, overlong_penalty=1.0),
+    "gspo": dict(eps_low=3e-4, eps_high=4e-4, dual_clip_c=None, aggregation="seq_mean_token_mean",
+                 kl_coef=0.0, dynamic_sampling=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ALGO))
+def test_algorithm_defaults(name):
+    assert set(ALGO_DEFAULTS) == set(EXPECTED_ALGO)
+    algo = AlgoConfig(name=name)
+    for key, value in EXPECTED_ALGO[name].items():
+        assert getattr(algo, key) == value, key
+
+
+def test_algorithm_name_switch_by_override_uses_new_defaults():
+    cfg = load_config(TINY, ["algo.name=dapo", "rollout.max_new_tokens=16", "algo.overlong_buffer_len=4"])
+    assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dynamic_sampling) == (0.2, 0.28, True)
+    assert cfg.algo.overlong_buffer_len == 4
+
+
+def test_user_value_beats_algorithm_default():
+    assert AlgoConfig(name="dapo", eps_high=0.3).eps_high == 0.3
+    assert AlgoConfig(name="dapo", dual_clip_c=None).dual_clip_c is None  # explicit null = off
+    assert AlgoConfig(name="grpo", kl_coef=0.0).kl_coef == 0.0
+    assert AlgoConfig(name="grpo", aggregation="otm").aggregation == "otm"
+    assert AlgoConfig(name="dcpo", ratio_cap=5.0).dual_clip_c == 5.0  # one r_max for both signs
+    assert AlgoConfig(name="dcpo", ratio_cap=5.0, dual_clip_c=3.0).dual_clip_c == 3.0
+    gspo = AlgoConfig(name="gspo", gspo_eps_low=1e-3, gspo_eps_high=2e-3)
+    assert (gspo.eps_low, gspo.eps_high) == (1e-3, 2e-3)
+
+
+def test_explicit_null_for_a_required_algorithm_value_is_an_error():
+    with pytest.raises(ConfigError, match="algo.eps_low: Input should be a valid number"):
+        load_config(TINY, ["algo.eps_low=null"])
+
+
+def test_checkpoint_dir_defaults_inside_run_dir():
+    cfg = load_config(TINY, ["run_dir=/tmp/somewhere/"])
+    assert cfg.checkpoint.dir == "/tmp/somewhere/checkpoints"
+    assert load_config(TINY, ["checkpoint.dir=/ckpt"]).checkpoint.dir == "/ckpt"
+
+
+def test_num_servers_default_follows_server_urls():
+    attached = load_config(TINY, ["rollout.server_urls=[http://a:1,http://b:2]", "rollout.num_servers=0"])
+    assert attached.rollout.server_urls == ["http://a:1", "http://b:2"]
+    data = load_config(TINY).model_dump()
+    del data["rollout"]["num_servers"]
+    assert validate_config(data).rollout.num_servers == 1
+    data["rollout"]["server_urls"] = ["http://a:1", "http://b:2"]
+    data["rollout"]["use_router"] = True
+    assert validate_config(data).rollout.num_servers == 0
+
+
+def test_architecture_fallbacks():
+    data = load_config(TINY).model_dump()
+    data["model"]["ffn_hidden_size"] = None
+    data["model"]["num_query_groups"] = None
+    m = validate_config(data).model
+    assert (m.ffn_hidden_size, m.num_query_groups) == (4 * 64, 4)
+
+
+@pytest.mark.parametrize("name", ["demo_cpu.yaml", "tiny_test.yaml"])
+def test_shipped_configs_load(name):
+    text = (ROOT / "configs" / name).read_text()
+    assert text.startswith("#")  # documented header
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.algo.name == "dcpo" and cfg.reward.scheme == "ternary"
+    assert cfg.parallel.tensor_model_parallel_size == cfg.parallel.pipeline_model_parallel_size == 1
+
+
+def test_demo_matches_calibration():
+    cfg = load_config(ROOT / "configs" / "demo_cpu.yaml")
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups) == (3, 128, 4, 2)
+    assert (cfg.rollout.prompts_per_step, cfg.rollout.n_samples_per_prompt) == (32, 8)
+    assert cfg.rollout.prompts_per_step // cfg.algo.mini_batch_prompts == 2
+    assert cfg.optim.lr == 1e-4 and cfg.run_dir == "runs/demo_cpu"
+    assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.ratio_cap) == (0.16, 0.2, 10.0)
+    tiny = load_config(TINY).model
+    assert (tiny.num_layers, tiny.hidden_size) == (2, 64)

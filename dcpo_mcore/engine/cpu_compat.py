@@ -131,29 +131,36 @@ class _CpuEvent:
         return 0.0
 
 
-def _noop(*args, **kwargs):
-    return None
+def _noop(name: str):
+    """A fresh no-op per patched name: torch._dynamo's trace-rule map rejects one function object that is
+    installed under several torch names with different rules."""
+
+    def noop(*args, **kwargs):
+        return None
+
+    noop.__name__ = noop.__qualname__ = f"cpu_compat_noop_{name}"
+    return noop
 
 
 def _patch_cuda_runtime() -> None:
     cuda = torch.cuda
     cuda.current_device = lambda: 0
-    cuda.set_device = _noop
-    cuda.synchronize = _noop
+    cuda.set_device = _noop("set_device")
+    cuda.synchronize = _noop("synchronize")
     cuda.Stream = _CpuStream
     cuda.Event = _CpuEvent
     cuda.current_stream = lambda device=None: _CpuStream()
     cuda.default_stream = lambda device=None: _CpuStream()
     cuda.stream = lambda stream=None: contextlib.nullcontext()
-    cuda.nvtx.range_push = _noop
-    cuda.nvtx.range_pop = _noop
+    cuda.nvtx.range_push = _noop("range_push")
+    cuda.nvtx.range_pop = _noop("range_pop")
     # Device RNG == CPU RNG on this machine (see module docstring, point 1).
     cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
-    cuda.random.get_rng_state = cuda.get_rng_state
+    cuda.random.get_rng_state = lambda device="cuda": torch.get_rng_state()
     cuda.set_rng_state = lambda new_state, device="cuda": torch.set_rng_state(new_state)
     # Seed the CPU generator directly: torch.manual_seed itself calls torch.cuda.manual_seed_all.
     cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
-    cuda.manual_seed_all = cuda.manual_seed
+    cuda.manual_seed_all = lambda seed: torch.default_generator.manual_seed(int(seed))
 
 
 def _patch_megatron_rng() -> None:

@@ -3,7 +3,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "dcpo_mcore"
-PARALLEL_ROOMS = {"engine", "sync", "checkpoint", "ops"}
+# convert/ is checkpoint work (it writes and reads megatron dist checkpoints), so it shares that room.
+PARALLEL_ROOMS = {"engine", "sync", "checkpoint", "ops", "convert"}
 ALGO_FORBIDDEN = ("torch.distributed", "megatron", "sglang", "pydantic")
 PARALLEL_MODULES = ("torch.distributed", "megatron")
 

@@ -17,5 +17,10 @@ setup(
     packages=find_packages(include=["dcpo_mcore", "dcpo_mcore.*"]),
     install_requires=_requirements("cpu.txt"),
     extras_require={"gpu": _requirements("gpu.txt")},
-    entry_points={"console_scripts": ["dcpo-train=dcpo_mcore.cli:train_main"]},
+    entry_points={
+        "console_scripts": [
+            "dcpo-train=dcpo_mcore.cli:train_main",
+            "dcpo-convert=dcpo_mcore.convert.cli:main",
+        ]
+    },
 )

@@ -81,6 +81,10 @@ def build_transformer_config(arch: ArchSpec, layout: ParallelLayout, precision: 
         use_cpu_initialization=not on_gpu, gradient_accumulation_fusion=False, bias_activation_fusion=False,
         masked_softmax_fusion=False, bias_dropout_fusion=False, persist_layer_norm=False,
         apply_rope_fusion=False, batch_p2p_sync=on_gpu,
+        # gloo matches p2p messages per peer in posting order; batched p2p posts send_prev before send_next,
+        # so with PP=2 (prev == next) interleaved 1F1B silently swaps activations and gradients. The
+        # unbatched path keeps the two directions on separate groups. (Found by the engine's VPP test.)
+        batch_p2p_comm=on_gpu,
     )
 
 

@@ -1,0 +1,171 @@
+"""Save / load model + optimizer with megatron ``dist_checkpointing``, resharding across layouts.
+
+The optimizer is always saved in the ``fully_reshardable`` format, so a checkpoint written at one
+TP x PP x DP (x VPP) layout loads at any other with the same optimizer kind (distributed or not; the
+two kinds store different formats, so switching kind is refused with a clear error).
+
+Two upstream bugs of megatron-core 0.16.1 (still in 0.19.2) hit the distributed optimizer with the torch
+AdamW fallback (no TE / apex) and are guarded here (platform_notes.md §1):
+
+1. ``KeyError: 'step'`` on load. (a) ``DistributedOptimizer.state_dict()`` asserts that exactly one
+   ``step`` exists, so a fresh optimizer (empty Adam state) cannot even build its loading state dict.
+   Guard: :func:`_materialize_adam_state` runs one zero-learning-rate step on zero grads first (AdamW
+   with lr 0 changes no weight; the step count is overwritten by the load). (b) The fully-reshardable
+   loader copies every key of the live per-param state (``step`` included) from the loaded tensors,
+   which never contain ``step``. Guard: :func:`_tolerate_missing_step` feeds the live ``step`` back in.
+2. ``DistributedOptimizer.load_state_dict`` puts ONE ``step`` tensor object into every parameter's
+   state; torch's AdamW increments it in place once per parameter, so after resuming the bias
+   corrections use a step count N times too large and the run silently diverges.
+   Guard: :func:`_unshare_step_tensors` gives every parameter its own copy.
+
+``tests/dist/test_engine_checkpoint.py`` shows that each guard is needed and that resuming at another
+layout reproduces the uninterrupted run's next steps.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _model_keys(chunks) -> list[str]:
+    # VPP chunks get their own top-level keys; the tensors inside carry global (layout-free) keys, so a
+    # checkpoint loads whatever the VPP size.
+    return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+
+
+def _model_sharded_state_dict(chunks) -> dict:
+    return {key: c.module.sharded_state_dict() for key, c in zip(_model_keys(chunks), chunks)}
+
+
+def _sharded_state_dict(chunks, optimizer, is_loading: bool) -> dict:
+    model_sd = _model_sharded_state_dict(chunks)
+    state = dict(model_sd)
+    state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=SHARDING)
+    return state
+
+
+def _is_distributed(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(opt, DistributedOptimizer) for opt in _sub_optimizers(optimizer))
+
+
+def save(directory: str | Path, chunks, optimizer, extra: dict) -> None:
+    """Write a checkpoint directory (created empty by rank 0); ``extra`` is plain common state."""
+    path = Path(directory)
+    busy = torch.zeros(1)
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        busy[0] = float(any(path.iterdir()))
+    _all_reduce_max(busy)  # every rank raises (or none does): a lone raise would hang the others
+    if busy.item():
+        raise FileExistsError(f"checkpoint directory {path} is not empty; save into a new directory")
+    _materialize_adam_state(chunks, optimizer)  # saving before the first step needs the state too
+    state = _sharded_state_dict(chunks, optimizer, is_loading=False)
+    state["engine"] = dict(extra)
+    meta = {**SHARDING, "distributed_optimizer": _is_distributed(optimizer)}
+    dist_checkpointing.save(state, str(path), content_metadata=meta)
+    dist.barrier()
+
+
+def load(directory: str | Path, chunks, optimizer) -> dict:
+    """Load model and optimizer state in place (any layout); returns the saved ``extra`` state."""
+    path = Path(directory)
+    if not (path / "metadata.json").exists():
+        raise FileNotFoundError(f"{path} is not a dist_checkpointing directory (no metadata.json)")
+    saved_kind = (dist_checkpointing.load_content_metadata(str(path)) or {}).get("distributed_optimizer")
+    if saved_kind is not None and saved_kind != _is_distributed(optimizer):
+        raise ValueError(f"checkpoint {path} was saved with use_distributed_optimizer={saved_kind}; "
+                         f"load it with the same setting (the two optimizer formats differ)")
+    _materialize_adam_state(chunks, optimizer)
+    state = _sharded_state_dict(chunks, optimizer, is_loading=True)
+    state["engine"] = {}
+    loaded = dist_checkpointing.load(state, str(path))
+    for key, chunk in zip(_model_keys(chunks), chunks):
+        chunk.module.load_state_dict(loaded[key], strict=True)
+    with _tolerate_missing_step(optimizer):
+        optimizer.load_state_dict(loaded["optimizer"])
+    _unshare_step_tensors(optimizer)
+    return dict(loaded.get("engine", {}))
+
+
+def _all_reduce_max(t: torch.Tensor) -> None:
+    if dist.get_backend() == "nccl":
+        dev = t.cuda()
+        dist.all_reduce(dev, op=dist.ReduceOp.MAX)
+        t.copy_(dev.cpu())
+    else:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
+def _sub_optimizers(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+@torch.no_grad()
+def _materialize_adam_state(chunks, optimizer) -> None:
+    """Guard 1: one lr-0 step on zero grads so every Adam state tensor exists before loading."""
+    if _has_state(optimizer):
+        return
+    for c in chunks:
+        c.zero_grad_buffer()
+    optimizer.zero_grad()
+    saved = [(g, g["lr"]) for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+    try:
+        optimizer.prepare_grads()
+        optimizer.step_with_ready_grads()
+    finally:
+        for g, lr in saved:
+            g["lr"] = lr
+    optimizer.zero_grad()
+
+
+@contextlib.contextmanager
+def _tolerate_missing_step(optimizer):
+    """Guard 1b: let the fully-reshardable loader keep the live ``step`` it finds no tensor for."""
+    patched = []
+    for opt in _sub_optimizers(optimizer):
+        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def set_states(model_param, tensors, _opt=opt, _original=original):
+            if "step" not in tensors:
+                group_index, group_order = _opt.model_param_group_index_map[model_param]
+                main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
+                step = _opt.optimizer.state.get(main_param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    tensors = {**tensors, "step": step}  # copy_ onto itself: a no-op
+            return _original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = set_states  # instance attribute, removed below
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+
+
+def _has_state(optimizer) -> bool:
+    return all(len(opt.optimizer.state) > 0 for opt in _sub_optimizers(optimizer)
+               if getattr(opt, "optimizer", None) is not None and opt.optimizer.param_groups)
+
+
+def _unshare_step_tensors(optimizer) -> None:
+    """Guard 2: every parameter's ``state['step']`` must be its own tensor (torch increments in place)."""
+    for opt in _sub_optimizers(optimizer):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        for st in inner.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].clone()

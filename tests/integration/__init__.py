@@ -1,0 +1,1 @@
+"""Integration tests: real external components (SGLang server + router, Slurm)."""

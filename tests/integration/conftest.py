@@ -1,0 +1,90 @@
+"""Real-component fixtures. The SGLang ones start the REAL server (sglang 0.5.23, CPU engine + the
+CPU compatibility shim when there is no GPU) on a tiny local Qwen2, once per session: two workers
+behind a real sglang-router. Single-server tests address worker 0 directly.
+
+Skipped, with the reason, when sglang is not installed in the running venv
+(``bash tools/setup_sglang.sh .venv`` installs it).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from dcpo_mcore.rollout.pins import SGLANG_ROUTER_VERSION, SGLANG_VERSION
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def sglang_skip_reason() -> str | None:
+    """Why the real-SGLang tests cannot run here (None = they can)."""
+    fix = "run `bash tools/setup_sglang.sh .venv`"
+    if importlib.util.find_spec("sglang") is None:
+        return f"sglang is not installed in this venv ({fix})"
+    if _version("sglang") != SGLANG_VERSION:
+        return f"sglang {_version('sglang')} is installed but {SGLANG_VERSION} is pinned ({fix})"
+    if importlib.util.find_spec("sglang_router") is None or _version("sglang-router") != SGLANG_ROUTER_VERSION:
+        return f"sglang-router {SGLANG_ROUTER_VERSION} is not installed ({fix})"
+    if importlib.util.find_spec("aiohttp") is None:
+        return f"aiohttp is not installed ({fix})"
+    return None
+
+
+SKIP_REASON = sglang_skip_reason()
+requires_sglang = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    from dcpo_mcore.hf.tiny import make_tiny_hf_model
+
+    return make_tiny_hf_model("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2", seed=3)
+
+
+@pytest.fixture(scope="session")
+def sglang_servers(tiny_qwen2, tmp_path_factory):
+    """Two real SGLang workers + a real sglang-router (started in parallel; ~25-60 s on 2 cores)."""
+    if SKIP_REASON is not None:
+        pytest.skip(SKIP_REASON)
+    from dcpo_mcore.rollout import LaunchSpec, ServerManager
+
+    logging.getLogger("dcpo_mcore.rollout").setLevel(logging.INFO)
+    run_dir = tmp_path_factory.mktemp("run")
+    spec = LaunchSpec(model_path=str(tiny_qwen2), num_servers=2, device="auto", random_seed=0,
+                      startup_timeout_s=480, shutdown_grace_s=15, max_restarts=2)
+    t0 = time.monotonic()
+    manager = ServerManager(spec, run_dir).start()
+    manager.startup_s = time.monotonic() - t0
+    print(f"\n[sglang] 2 servers + router healthy in {manager.startup_s:.0f} s: {manager}")
+    try:
+        yield manager
+    finally:
+        manager.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tiny_qwen2):
+    """The same tiny model in Hugging Face transformers (float32, eval) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_qwen2)
+
+
+def count_generate_requests(log_path: Path) -> int:
+    """Served /generate requests in a server log (uvicorn's access log lines)."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if '"POST /generate HTTP' in line and " 200" in line)

@@ -21,6 +21,7 @@ setup(
         "console_scripts": [
             "dcpo-train=dcpo_mcore.cli:train_main",
             "dcpo-convert=dcpo_mcore.convert.cli:main",
+            "dcpo-report=dcpo_mcore.metrics.report:main",
         ]
     },
 )

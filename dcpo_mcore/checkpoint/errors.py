@@ -1,0 +1,10 @@
+"""The one error of the checkpoint room.
+
+A :class:`CheckpointError` message is one line: the path, what is wrong with it, and what to do
+(design.md convention 13), because the person reading it is restarting a job at 3 a.m.
+"""
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be written or loaded (corrupt, incomplete, missing or mismatched)."""

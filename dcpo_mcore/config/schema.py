@@ -11,7 +11,7 @@ from .base import Section
 from .errors import ConfigProblems
 from .model import ModelConfig
 from .sections import (CheckpointConfig, DataConfig, LoggingConfig, OptimConfig, ParallelConfig,
-                       RewardConfig, RolloutConfig)
+                       RewardConfig, RolloutConfig, SyncConfig)
 from .validation import cross_field_problems
 
 
@@ -38,6 +38,8 @@ class TrainConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Prompt datasets and how they are read.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saving and resuming.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metric sinks.")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="Weight broadcast from the trainer "
+                             "into the SGLang servers after every update.")
 
     @model_validator(mode="after")
     def _resolve_and_check(self) -> "TrainConfig":

@@ -175,3 +175,25 @@ class LoggingConfig(Section):
     wandb_project: str = Field("dcpo-mcore", description="W&B project name (used when wandb is on).")
     console: bool = Field(True, description="Print a one-line summary per logged step.")
     log_interval: int = Field(1, ge=1, description="Log metrics every this many training steps.")
+
+
+class SyncConfig(Section):
+    bucket_mb: int = Field(
+        512, ge=1, description="Flattened weight-bucket size in MiB for the broadcast to SGLang.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Broadcast backend; auto = nccl when the trainer has a GPU, else gloo. "
+        "Always sent to SGLang explicitly (its default, nccl, hangs a CPU server).")
+    master_address: str | None = Field(
+        None, description="Address the SGLang workers use to reach trainer rank 0; null = 127.0.0.1 "
+        "for local servers, else the local address of the route to the first server.")
+    timeout_s: float = Field(
+        600.0, gt=0.0, description="Limit for forming the group, one bucket's broadcast and one HTTP call.")
+    max_attempts: int = Field(
+        3, ge=1, description="Full re-pushes before a failed sync stops the run (the last one after "
+        "restarting the failing server when we launched it).")
+    verify_every: int = Field(
+        1, ge=0, description="Compare trainer and SGLang log-probs on fixed sequences every this many "
+        "syncs (metric sync/logprob_max_abs_diff); 0 = never.")
+    verify_threshold: float | None = Field(
+        None, gt=0.0, description="Stop the run when the max |trainer - SGLang| log-prob exceeds this; "
+        "null = 1e-3 when both sides are float32, 0.25 otherwise.")

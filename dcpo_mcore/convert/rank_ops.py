@@ -2,12 +2,9 @@
 
 Chunk ``v`` of PP rank ``p`` is the mapping's stage ``v * pp + p`` of ``pp * vpp`` (see :mod:`.stages`).
 
-Export streaming (:func:`export_to_sink`): global rank 0 writes every HF tensor. It walks the mapping's
-order; for each megatron parameter it takes its own TP shard or receives the others' point to point
-(replicated norms: from TP rank 0 only), and :func:`iter_mcore_to_hf` turns the shards into full HF
-tensors, which go straight to disk. Every other rank sends its parameters in that same order (the plan
-is a pure function of the architecture and layout). So rank 0 holds its own model slice plus one
-parameter's shards; no rank ever holds the whole model, and no stage holds another stage's weights.
+Export streaming (:func:`export_to_sink`): global rank 0 writes every HF tensor as
+:func:`dcpo_mcore.engine.hf_export.stream_hf_tensors` hands it over (the same stream the live weight
+sync to SGLang uses), so no rank ever holds the whole model.
 """
 from __future__ import annotations
 
@@ -22,12 +19,13 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
 from dcpo_mcore.engine.hf_arch import ArchSpec
-from dcpo_mcore.engine.hf_mapping import hf_to_mcore_shard, iter_mcore_to_hf
+from dcpo_mcore.engine.hf_export import stream_hf_tensors
+from dcpo_mcore.engine.hf_mapping import hf_to_mcore_shard
 from dcpo_mcore.engine.layout import ParallelLayout, Precision
 from dcpo_mcore.engine.model_builder import build_model_chunks, build_transformer_config, select_layer_spec
 
 from .errors import ConvertError, one_line
-from .stages import export_plan, virtual_stage
+from .stages import virtual_stage
 
 
 class Model:
@@ -158,50 +156,8 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def export_to_sink(model: Model, sink: Callable[[str, torch.Tensor], None] | None) -> None:
     """Stream full HF tensors to ``sink(name, tensor)`` on global rank 0 (``sink`` unused elsewhere)."""
-    me = dist.get_rank()
-    coords = [None] * dist.get_world_size()
-    dist.all_gather_object(coords, (model.pp_rank, model.tp_rank))
-    owner = {c: r for r, c in enumerate(coords) if c is not None}  # first rank of each (pp, tp): DP-safe
-    plan = export_plan(model.arch, model.tp, model.num_stages, model.te_names)
-    local = model.local_tensors()
-    if me == 0:
-        _receive_and_write(model, plan, owner, local, sink)
-    else:
-        for s, spec in plan:
-            ranks = [0] if spec.tp_dim is None else range(model.tp)
-            for r in ranks:
-                if owner[(s % model.pp, r)] == me:
-                    dist.send(local[(s, spec.name)].contiguous(), dst=0)
-    dist.barrier()
+    stream_hf_tensors(model.chunks, model.arch, model.te_names, sink)
 
-
-def _receive_and_write(model: Model, plan, owner, local, sink) -> None:
-    device = next(model.chunks[0].parameters()).device
-    steps = iter(plan)
-
-    def get_shards(stage: int, name: str) -> list[torch.Tensor]:
-        s, spec = next(steps)
-        if (s, spec.name) != (stage, name):  # the senders follow the plan: a divergence would corrupt data
-            raise RuntimeError(f"export order mismatch: mapping asked for {(stage, name)}, plan has "
-                               f"{(s, spec.name)}")
-        shards = []
-        for r in ([0] if spec.tp_dim is None else range(model.tp)):
-            src = owner[(s % model.pp, r)]
-            if src == 0:
-                shards.append(local[(s, name)].detach().cpu())
-            else:
-                buf = torch.empty(spec.shape, dtype=model.dtype, device=device)
-                dist.recv(buf, src=src)
-                shards.append(buf.cpu())
-        return shards
-
-    for name, tensor in iter_mcore_to_hf(get_shards, model.arch, model.tp, model.num_stages,
-                                         te_names=model.te_names):
-        sink(name, tensor)
-
-
-# ---------------------------------------------------------------------------------------------
-# log-probs
 
 
 @torch.no_grad()

@@ -8,26 +8,8 @@ so it is called with ``pp_size=S, pp_rank=s``; without VPP, ``S = pp`` and ``s =
 from __future__ import annotations
 
 from dcpo_mcore.engine.hf_arch import ArchSpec
-from dcpo_mcore.engine.hf_mapping import ParamSpec, expected_hf_names, layer_range, mcore_params
-
-
-def virtual_stage(v: int, pp: int, pp_rank: int) -> int:
-    return v * pp + pp_rank
-
-
-def export_plan(arch: ArchSpec, tp: int, num_stages: int, te_names: bool = False) -> list[tuple[int, ParamSpec]]:
-    """Every exported megatron parameter, in the order ``iter_mcore_to_hf`` asks for them.
-
-    Export streams parameters from every rank to rank 0 point to point; senders and the receiver both
-    follow this list, and the receiver checks each request against it. The only parameter not exported
-    is the last stage's copy of a tied embedding (stage 0's embedding is the HF ``embed_tokens``).
-    """
-    plan = []
-    for s in range(num_stages):
-        for spec in mcore_params(arch, tp, num_stages, s, te_names):
-            if not (arch.tie_word_embeddings and spec.name == "output_layer.weight"):
-                plan.append((s, spec))
-    return plan
+from dcpo_mcore.engine.hf_mapping import export_plan, virtual_stage  # noqa: F401 - re-exported
+from dcpo_mcore.engine.hf_mapping import expected_hf_names, layer_range
 
 
 def hf_names_read_by(arch: ArchSpec, stages: list[int], num_stages: int) -> list[str]:

@@ -59,7 +59,7 @@ import torch
 from .hf_arch import ArchSpec, padded_vocab_size
 
 __all__ = [
-    "MappingError", "ParamSpec", "check_hf_names", "expected_hf_names", "expected_hf_shapes",
+    "MappingError", "ParamSpec", "check_hf_names", "export_plan", "virtual_stage", "expected_hf_names", "expected_hf_shapes",
     "expected_mcore_shapes", "hf_to_mcore_shard", "iter_mcore_to_hf", "layer_range", "mcore_params",
 ]
 
@@ -216,6 +216,25 @@ def expected_mcore_shapes(arch: ArchSpec, tp_size: int = 1, pp_size: int = 1, pp
                           te_names: bool = False) -> dict[str, Shape]:
     """``{local megatron name: per-rank shape}`` of one rank (no ``_extra_state`` entries)."""
     return {p.name: p.shape for p in mcore_params(arch, tp_size, pp_size, pp_rank, te_names)}
+
+
+def virtual_stage(v: int, pp: int, pp_rank: int) -> int:
+    return v * pp + pp_rank
+
+
+def export_plan(arch: ArchSpec, tp: int, num_stages: int, te_names: bool = False) -> list[tuple[int, ParamSpec]]:
+    """Every exported megatron parameter, in the order ``iter_mcore_to_hf`` asks for them.
+
+    Senders and the receiver both follow this list, and the receiver checks each request against it.
+    The only parameter not exported is the last stage's copy of a tied embedding (stage 0's embedding
+    is the HF ``embed_tokens``).
+    """
+    plan = []
+    for s in range(num_stages):
+        for spec in mcore_params(arch, tp, num_stages, s, te_names):
+            if not (arch.tie_word_embeddings and spec.name == "output_layer.weight"):
+                plan.append((s, spec))
+    return plan
 
 
 def hf_to_mcore_shard(get_hf_tensor: Callable[[str], torch.Tensor], arch: ArchSpec, tp_rank: int = 0,

@@ -181,17 +181,22 @@ class PolicyEngine:
             num_microbatches=len(microbatches), seq_length=seq_len, micro_batch_size=mbs,
             forward_only=forward_only)
 
-    def _logprob_settings(self) -> LogprobSettings:
-        return LogprobSettings(self.arch.vocab_size, self.settings.temperature,
+    def _logprob_settings(self, temperature: float | None = None) -> LogprobSettings:
+        temp = self.settings.temperature if temperature is None else temperature
+        return LogprobSettings(self.arch.vocab_size, temp,
                                packed_seq_params=self.uses_te and self.batching.packed)
 
     # ------------------------------------------------------------------------------------ passes
     @torch.no_grad()
-    def compute_logprobs(self, samples: Sequence[PolicySample]) -> LogprobOutput:
-        """Forward only: response-token log-probs and entropies of every sample, on every rank."""
+    def compute_logprobs(self, samples: Sequence[PolicySample], *, temperature: float | None = None) -> LogprobOutput:
+        """Forward only: response-token log-probs and entropies of every sample, on every rank.
+
+        ``temperature`` overrides the rollout temperature (e.g. 1.0 to compare with raw server log-probs).
+        """
         for c in self.chunks:
             c.eval()
-        store = self._run(self._local_microbatches(samples), ForwardStep(self._logprob_settings(), device=self.device),
+        step = ForwardStep(self._logprob_settings(temperature), device=self.device)
+        store = self._run(self._local_microbatches(samples), step,
                           forward_only=True)
         lps, ents = gather_logprobs(store, [len(s.response_ids) for s in samples])
         return LogprobOutput(lps, ents)

@@ -79,7 +79,7 @@ class LaunchSpec:
     random_seed: int | None = None  # server i gets --random-seed random_seed + i
     deterministic: bool = False  # --enable-deterministic-inference: honours per-request seeds; GPU only
     request_timeout_s: float = 1800.0  # router's per-request timeout
-    python: str = field(default_factory=lambda: sys.executable)
+    python: str = field(default_factory=lambda: default_server_python())
     env: Mapping[str, str] = field(default_factory=dict)
     server_module: str = SGLANG_SERVER_MODULE  # tests substitute a fake server here
     router_module: str = SGLANG_ROUTER_MODULE
@@ -95,6 +95,17 @@ class LaunchSpec:
     @property
     def router(self) -> bool:
         return self.num_servers > 1 if self.use_router is None else self.use_router
+
+
+def default_server_python() -> str:
+    """This interpreter when it has sglang (the CPU setup installs it into .venv); else the GPU setup's
+    separate ``.venv-sglang`` at the repository root (full sglang pins its own CUDA torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is not None:
+        return sys.executable
+    separate = Path(__file__).resolve().parents[2] / ".venv-sglang" / "bin" / "python"
+    return str(separate) if separate.exists() else sys.executable
 
 
 def _cuda_available() -> bool:

@@ -27,14 +27,14 @@ def test_every_field_has_a_description():
 
 def test_every_section_forbids_unknown_keys():
     sections = {TrainConfig} | {owner for _, _, owner in _walk(TrainConfig)}
-    assert len(sections) == 10
+    assert len(sections) == 11
     assert all(s.model_config.get("extra") == "forbid" for s in sections)
 
 
 def test_sections_and_their_fields():
     assert list(TrainConfig.model_fields) == [
         "run_dir", "seed", "steps", "eval_interval", "model", "parallel", "rollout", "reward", "algo",
-        "optim", "data", "checkpoint", "logging"]
+        "optim", "data", "checkpoint", "logging", "sync"]
     paths = {p for p, _, _ in _walk(TrainConfig)}
     for p in ["model.hf_path", "model.init_checkpoint", "model.fp8_recipe", "parallel.recompute",
               "rollout.sglang_extra_args", "reward.scheme", "algo.sas_std", "algo.gspo_eps_high",

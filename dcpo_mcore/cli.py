@@ -23,6 +23,7 @@ def _train_parser() -> argparse.ArgumentParser:
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lines dump whole configs per build
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -32,15 +33,18 @@ def train_main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = save_resolved_config(cfg, run_dir)
     print(f"[dcpo-train] resolved config written to {saved}", flush=True)
-    # Until the Megatron engine and SGLang rollouts are wired in (issues 3-5), the trainer runs the
-    # algorithm smoke run: every foundation piece end to end on a tiny in-process policy.
-    print("[dcpo-train] NOTE: running the algorithm smoke run (tiny in-process policy); the Megatron + "
-          "SGLang trainer is not wired in yet.", flush=True)
-    from dcpo_mcore import smoke
+    from dcpo_mcore.trainer import train
 
-    summary = smoke.run(cfg, run_dir)
-    print(f"[dcpo-train] greedy accuracy {summary['greedy_acc_start']:.1%} -> "
-          f"{summary['greedy_acc_end']:.1%} ({summary['minutes']:.1f} min); summary in {run_dir}/summary.json",
+    try:
+        summary = train(cfg)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Setup and data problems are reported in one line; a traceback helps nobody there. The full
+        # traceback is still in the log at DEBUG level for developers.
+        logging.getLogger(__name__).debug("training failed", exc_info=True)
+        print(f"dcpo-train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    done = "preempted at" if summary["preempted"] else "finished at"
+    print(f"[dcpo-train] {done} step {summary['last_step']}/{cfg.steps}; metrics in {run_dir}/metrics.jsonl",
           flush=True)
     return 0
 

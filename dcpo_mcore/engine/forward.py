@@ -131,6 +131,8 @@ class ForwardStep:
             "policy_loss": out.policy_loss, "kl": out.kl if out.kl is not None else torch.zeros(()),
             "clip": out.clip.as_tensor(), "entropy_sum": (ent * mask).sum().to(torch.float64),
             "tokens": mask.sum().to(torch.float64), "log_ratio_abs_max": out.log_ratio_abs_max,
+            # k1 estimate of KL(rollout policy || current policy), summed over response tokens
+            "ppo_kl_sum": ((mb.old_logprobs.to(dev) - lp.detach()) * mask).sum().to(torch.float64),
         }
         return out.loss, num_tokens, metrics
 
@@ -165,21 +167,20 @@ def gather_logprobs(store: list[dict], response_lengths: list[int]) -> tuple[lis
 def reduce_train_metrics(store: list[dict], num_microbatches: int) -> dict[str, torch.Tensor]:
     """Step totals over micro-batches and DP ranks (on every rank): sums, stacked clip counts, max."""
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, policy_loss, kl, entropy_sum, tokens
+    names = ("loss", "policy_loss", "kl", "entropy_sum", "tokens", "ppo_kl_sum")
+    sums = torch.zeros(len(names), dtype=torch.float64)
     clip = torch.zeros(dp_size, num_microbatches, 5, dtype=torch.float64)
     lr_max = torch.zeros(1, dtype=torch.float64)
     if _is_contributor():
         for m, item in enumerate(store):
-            sums += torch.stack([item[k].detach().double().cpu().reshape(()) for k in
-                                 ("loss", "policy_loss", "kl", "entropy_sum", "tokens")])
+            sums += torch.stack([item[k].detach().double().cpu().reshape(()) for k in names])
             clip[dp_rank, m] = item["clip"].double().cpu()
             lr_max = torch.maximum(lr_max, item["log_ratio_abs_max"].double().cpu().reshape(1))
     packed = torch.cat([sums, clip.reshape(-1)])
     _all_reduce_cpu(packed, dist.ReduceOp.SUM)
     _all_reduce_cpu(lr_max, dist.ReduceOp.MAX)
-    names = ("loss", "policy_loss", "kl", "entropy_sum", "tokens")
-    out = dict(zip(names, packed[:5]))
-    out["clip_per_micro"] = packed[5:].reshape(dp_size * num_microbatches, 5)
+    out = dict(zip(names, packed[:len(names)]))
+    out["clip_per_micro"] = packed[len(names):].reshape(dp_size * num_microbatches, 5)
     out["log_ratio_abs_max"] = lr_max[0]
     return out
 

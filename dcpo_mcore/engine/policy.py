@@ -302,6 +302,7 @@ def _step_metrics(totals: dict, result, lr: float, num_micro: int) -> dict[str, 
         "clip/high_ratio": float(clip["high_ratio"]),
         "clip/dual_ratio": float(clip["dual_ratio"]),
         "actor/entropy": float(totals["entropy_sum"]) / tokens if tokens else float("nan"),
+        "actor/ppo_kl": float(totals["ppo_kl_sum"]) / tokens if tokens else float("nan"),
         "perf/response_tokens": tokens,
         "perf/num_microbatches": float(num_micro),
     }

@@ -26,6 +26,7 @@ METRIC_KEYS: dict[str, str] = {
     "perf/tokens_per_second": "trained tokens (prompt + response) per second of step time",
 }
 
-# The namespaces convention 11 allows; eval/ and mismatch/ and actor/ are used by the keys above.
+# The namespaces the trainer logs under (convention 11); optim/, invariant/ and data/ carry the
+# trainer's bookkeeping and its always-on invariant checks.
 NAMESPACES = ("reward", "adv", "clip", "loss", "actor", "rollout", "mismatch", "sync", "timing",
-              "perf", "eval")
+              "perf", "eval", "optim", "invariant", "data")

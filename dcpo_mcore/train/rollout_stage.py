@@ -1,0 +1,195 @@
+"""Steps 1-3 of the loop: prompts -> SGLang samples -> verifier rewards, as one grouped batch.
+
+Collective: every trainer rank calls :meth:`RolloutStage.collect`; rank 0 generates and grades, and
+the batch (token ids, sampler log-probs, rewards) is broadcast so every rank runs the same
+advantage math on the same numbers.
+
+Two things can make a rollout unusable, and both are repaired here rather than trained on:
+
+* **Stale weights.** A server that died and was restarted (by us, or by whoever owns it) serves its
+  start-up weights. Every sample carries the ``weight_version`` it was generated with; groups whose
+  version is not the one last pushed are dropped, the weights are pushed again (a collective), and
+  those groups are generated again.
+* **DAPO dynamic sampling** (spec §7.2): groups whose rewards all agree carry no signal; more
+  prompts are rolled out until ``prompts_per_step`` informative groups are kept, at most
+  ``max_gen_batches`` rounds, and every generated response is counted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from dcpo_mcore.algo import dynamic_sampling_keep, overlong_penalty
+from dcpo_mcore.rollout import PromptInput, SamplingParams
+
+from . import comm
+
+log = logging.getLogger(__name__)
+MAX_STALE_REPAIRS = 3  # re-push + regenerate rounds before a step gives up
+
+
+class RolloutStepError(RuntimeError):
+    """A training step could not get a usable rollout batch."""
+
+
+@dataclass
+class RolloutBatch:
+    """One step's responses; rows ``g*G .. g*G+G-1`` all answer prompt ``g`` (G = group_size)."""
+
+    group_size: int
+    keys: list[str] = field(default_factory=list)  # [N] prompt key of each response
+    prompt_ids: list[list[int]] = field(default_factory=list)  # [N][P_i]
+    response_ids: list[list[int]] = field(default_factory=list)  # [N][R_i], R_i >= 1
+    sampler_logprobs: list[list[float]] = field(default_factory=list)  # [N][R_i] SGLang's log-probs
+    rewards: list[float] = field(default_factory=list)  # [N] after any overlong shaping
+    correct: list[bool] = field(default_factory=list)
+    format_error: list[bool] = field(default_factory=list)  # no parsable answer
+    truncated: list[bool] = field(default_factory=list)  # stopped by max_new_tokens
+    generated_responses: int = 0  # everything SGLang produced for this step, dropped groups included
+    generation_rounds: int = 0
+    stale_regenerated: int = 0  # groups generated again because their weights were stale
+    cursor_state: dict | None = None  # rank 0's prompt cursor after this step (shared with all ranks)
+    # per group, rank 0 only (dropped before the broadcast): the prompt record and the weight versions seen
+    group_records: list = field(default_factory=list, repr=False)
+    group_versions: list[set] = field(default_factory=list, repr=False)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.keys) // self.group_size
+
+    def extend(self, other: "RolloutBatch", groups: list[int]) -> None:
+        g = self.group_size
+        for name in ("keys", "prompt_ids", "response_ids", "sampler_logprobs", "rewards", "correct",
+                     "format_error", "truncated"):
+            src, dst = getattr(other, name), getattr(self, name)
+            for i in groups:
+                dst.extend(src[i * g:(i + 1) * g])
+        for name in ("group_records", "group_versions"):
+            src, dst = getattr(other, name), getattr(self, name)
+            dst.extend(src[i] for i in groups)
+
+    def group_rows(self, groups: list[int]) -> "RolloutBatch":
+        out = RolloutBatch(self.group_size)
+        out.extend(self, groups)
+        return out
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    prompts_per_step: int
+    group_size: int
+    sampling: SamplingParams
+    max_new_tokens: int
+    dynamic_sampling: bool = False  # DAPO
+    max_gen_batches: int = 10
+    overlong_buffer_len: int = 0
+    overlong_penalty: float = 0.0
+
+
+class RolloutStage:
+    """Rank 0 owns ``client``/``pool``/``next_prompts`` (None elsewhere); ``sync`` is every rank's."""
+
+    def __init__(self, settings: RolloutSettings, sync: Any, *, client: Any = None, pool: Any = None,
+                 tokenizer: Any = None, next_prompts: Callable[[], list] | None = None,
+                 cursor_state: Callable[[], dict] | None = None):
+        self.settings, self.sync = settings, sync
+        self.client, self.pool, self.tokenizer = client, pool, tokenizer
+        self.next_prompts, self.cursor_state = next_prompts, cursor_state
+        self._eos = getattr(tokenizer, "eos_token_id", None)
+
+    def collect(self, step: int) -> RolloutBatch:
+        """A full batch of ``prompts_per_step`` groups, generated with the current weights. Collective."""
+        batch = self._generate_all(step) if comm.is_rank0() else None
+        for _ in range(MAX_STALE_REPAIRS):
+            stale = comm.broadcast_object(self._stale_groups(batch) if comm.is_rank0() else None)
+            if not stale:
+                if batch is not None:
+                    batch.group_records, batch.group_versions = [], []
+                return comm.broadcast_object(batch)
+            if comm.is_rank0():
+                log.warning("%d group(s) of step %d were generated with stale weights (a server restarted?); "
+                            "pushing the weights again and regenerating them", len(stale), step)
+            self.sync.push(self.sync.version)  # collective
+            if comm.is_rank0():
+                batch = self._regenerate(batch, stale, step)
+        raise RolloutStepError(f"step {step}: servers kept answering with stale weights after {MAX_STALE_REPAIRS} "
+                           "re-pushes; check the server logs in the run directory")
+
+    # ------------------------------------------------------------------ rank 0
+    def _generate_all(self, step: int) -> RolloutBatch:
+        s = self.settings
+        kept = RolloutBatch(s.group_size)
+        rounds = 0
+        while kept.num_groups < s.prompts_per_step:
+            if rounds == s.max_gen_batches:
+                raise RolloutStepError(
+                    f"step {step}: DAPO dynamic sampling kept {kept.num_groups} of {s.prompts_per_step} groups after "
+                    f"algo.max_gen_batches={s.max_gen_batches} rounds (all other groups had equal rewards); raise "
+                    "max_gen_batches or use an easier/harder prompt mix")
+            records = self.next_prompts()
+            # Round 0 uses the step as the seed's step; later rounds get their own seed space.
+            fresh = self._generate(records, step if rounds == 0 else step + rounds * 1_000_000_007)
+            rounds += 1
+            kept.generated_responses += len(fresh.keys)
+            groups = list(range(fresh.num_groups))
+            if s.dynamic_sampling:
+                keep = dynamic_sampling_keep(torch.tensor(fresh.rewards), fresh.keys, s.group_size)
+                groups = [g for g in groups if bool(keep[g * s.group_size])]
+            groups = groups[:s.prompts_per_step - kept.num_groups]
+            kept.extend(fresh, groups)
+        kept.generation_rounds = rounds
+        kept.cursor_state = self.cursor_state() if self.cursor_state else None
+        return kept
+
+    def _generate(self, records: list, seed_step: int) -> RolloutBatch:
+        """One round: G samples of every record, graded, with the weight versions seen per group."""
+        s = self.settings
+        prompts = [PromptInput(key=r.key, input_ids=list(r.prompt_ids)) for r in records]
+        results = self.client.generate_sync(prompts, s.sampling, n=s.group_size, step=seed_step)
+        out = RolloutBatch(s.group_size)
+        texts = []
+        for record, samples in zip(records, results):
+            out.group_records.append(record)
+            out.group_versions.append({x.weight_version for x in samples})
+            for x in samples:
+                ids = list(x.output_ids)
+                lps = list(x.output_logprobs or [])
+                if not ids:  # nothing generated: train on eos so the sample still counts (as wrong)
+                    ids, lps = [self._eos if self._eos is not None else 0], [float("nan")]
+                out.keys.append(record.key)
+                out.prompt_ids.append(list(record.prompt_ids))
+                out.response_ids.append(ids)
+                out.sampler_logprobs.append(lps if len(lps) == len(ids) else [float("nan")] * len(ids))
+                out.truncated.append(x.finished_by == "length")
+                texts.append((x.text if x.text is not None else self.tokenizer.decode(ids, skip_special_tokens=True),
+                              record.ground_truth))
+        graded = self.pool.grade_batch(texts)
+        rewards = torch.tensor([g.reward for g in graded], dtype=torch.float32)
+        if s.overlong_buffer_len > 0:  # DAPO soft overlong punishment on response length (spec B5)
+            lengths = torch.tensor([len(r) for r in out.response_ids])
+            rewards = rewards + overlong_penalty(lengths, s.max_new_tokens, s.overlong_buffer_len, s.overlong_penalty)
+        out.rewards = rewards.tolist()
+        out.correct = [bool(g.correct) for g in graded]
+        out.format_error = [not g.has_box for g in graded]
+        return out
+
+    def _stale_groups(self, batch: RolloutBatch) -> list[int]:
+        expected = self.sync.version
+        return [g for g, seen in enumerate(batch.group_versions) if seen != {expected}]
+
+    def _regenerate(self, batch: RolloutBatch, stale: list[int], step: int) -> RolloutBatch:
+        fresh = self._generate([batch.group_records[g] for g in stale], step)
+        out = RolloutBatch(batch.group_size)
+        by_group = {g: i for i, g in enumerate(stale)}
+        for g in range(batch.num_groups):  # keep the original group order
+            if g in by_group:
+                out.extend(fresh, [by_group[g]])
+            else:
+                out.extend(batch, [g])
+        out.generated_responses = batch.generated_responses + len(fresh.keys)
+        out.generation_rounds, out.cursor_state = batch.generation_rounds, batch.cursor_state
+        out.stale_regenerated = batch.stale_regenerated + len(stale)
+        return out

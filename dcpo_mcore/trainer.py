@@ -1,0 +1,59 @@
+"""THE loop: rollout -> reward -> advantages -> train -> sync -> checkpoint -> log (design.md).
+
+Every trainer rank runs this function; rank 0 talks to SGLang and the graders, and the stages
+share their results (train/). What each call does:
+
+    t.rollout.collect(step)   1-3  prompts from the cursor, n samples each from SGLang (sampler log-probs
+                                   and weight_version kept; stale groups re-pushed and regenerated; DAPO
+                                   over-generation), graded by the reward pool
+    update_policy(...)        4-6  advantages (SAS against the per-prompt store for DCPO), old log-probs
+                                   from the megatron forward, PPO epochs x mini-batch optimizer steps
+    t.sync.push(version)      7    gather shards -> HF names -> buckets -> broadcast into every worker
+    t.save(step)              8    atomic whole-state checkpoint (weights, optimizer, SAS, cursor, RNG)
+    t.log(step, metrics)      9    metrics.jsonl, TensorBoard, console progress
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dcpo_mcore.config import TrainConfig
+from dcpo_mcore.train import build_trainer, update_policy
+
+PREEMPTED_MARKER = "PREEMPTED"
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns a summary. Writes everything under ``cfg.run_dir``."""
+    marker = Path(cfg.run_dir) / PREEMPTED_MARKER
+    with build_trainer(cfg) as t:
+        marker.unlink(missing_ok=True)
+        if t.start_step == 0 and t.evaluate is not None:
+            t.log(0, t.run_eval(0))
+        step = t.start_step
+        while step < cfg.steps:
+            step += 1
+            t0 = time.perf_counter()
+            batch = t.rollout.collect(step)
+            t.cursor.load_state_dict(batch.cursor_state)  # rank 0's cursor, on every rank
+            t1 = time.perf_counter()
+            metrics = update_policy(t.engine, batch, t.store, t.update)
+            t2 = time.perf_counter()
+            metrics.update(t.sync.push(str(step)))
+            if t.eval_due(step):
+                metrics.update(t.run_eval(step))
+            preempted = t.preempted()
+            t3 = time.perf_counter()
+            if t.save_due(step) or preempted:
+                t.save(step)
+            elapsed = time.perf_counter() - t0
+            metrics.update({"timing/rollout_seconds": t1 - t0, "timing/update_seconds": t2 - t1,
+                            "timing/save_seconds": time.perf_counter() - t3, "timing/step_seconds": elapsed,
+                            "perf/tokens_per_second": metrics["perf/trained_tokens"] / elapsed,
+                            "data/epoch": float(t.cursor.state_dict().get("epoch", 0))})
+            t.log(step, metrics)
+            if preempted:
+                marker.write_text(f"{step}\n")
+                break
+        return {"start_step": t.start_step, "last_step": step, "resumed_from": t.resumed_from,
+                "preempted": step < cfg.steps, "prompts_in_sas_store": len(t.store)}

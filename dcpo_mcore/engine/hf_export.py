@@ -44,13 +44,19 @@ def local_stage_tensors(chunks: Sequence[torch.nn.Module], pp: int, pp_rank: int
 
 
 def stream_hf_tensors(chunks: Sequence[torch.nn.Module], arch: ArchSpec, te_names: bool, sink: Sink | None, *,
-                      timings: dict[str, float] | None = None, on_cpu: bool = True) -> None:
+                      timings: dict[str, float] | None = None, on_cpu: bool = True, copy: bool = True) -> None:
     """Collective over the whole default group: rank 0 receives every full HF tensor in ``sink``.
 
     ``sink`` is only called (and only needed) on global rank 0; it owns the tensors (on the CPU with
     ``on_cpu``, else on the model's device). DP replicas: only the first rank of each (pp, tp)
     coordinate sends. ``timings`` (rank 0) accumulates seconds spent in "gather" (receiving shards)
     and "sink"; the rest of the call is the layout conversion.
+
+    ``copy=False`` is for a sink that copies each tensor before it returns (the weight-sync packer):
+    the tensors it gets may then be views of the model's own parameters (TP1 on rank 0: gate/up
+    halves, norms, projections) or of received shards, and are not owned by the sink
+    (:func:`~.hf_mapping.iter_mcore_to_hf`'s ``copy``). With ``copy=True`` (checkpoint export) the
+    contract above holds.
     """
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     pp, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
@@ -70,7 +76,7 @@ def stream_hf_tensors(chunks: Sequence[torch.nn.Module], arch: ArchSpec, te_name
     plan = export_plan(arch, tp, num_stages, te_names)
     if me == 0:
         _receive(arch, tp, pp, num_stages, te_names, plan, owner, dtypes, local, sink,
-                 {} if timings is None else timings, on_cpu)
+                 {} if timings is None else timings, on_cpu, copy)
     else:
         for s, spec in plan:
             for r in ([0] if spec.tp_dim is None else range(tp)):
@@ -79,7 +85,7 @@ def stream_hf_tensors(chunks: Sequence[torch.nn.Module], arch: ArchSpec, te_name
     dist.barrier()
 
 
-def _receive(arch, tp, pp, num_stages, te_names, plan, owner, dtypes, local, sink, timings, on_cpu) -> None:
+def _receive(arch, tp, pp, num_stages, te_names, plan, owner, dtypes, local, sink, timings, on_cpu, copy) -> None:
     device = next(iter(local.values())).device
     steps = iter(plan)
     move = (lambda t: t.cpu()) if on_cpu else (lambda t: t)
@@ -108,7 +114,7 @@ def _receive(arch, tp, pp, num_stages, te_names, plan, owner, dtypes, local, sin
                 shards.append(move(buf))
         return shards
 
-    for name, tensor in iter_mcore_to_hf(get_shards, arch, tp, num_stages, te_names=te_names):
+    for name, tensor in iter_mcore_to_hf(get_shards, arch, tp, num_stages, te_names=te_names, copy=copy):
         if sink is not None:
             t0 = time.perf_counter()
             sink(name, tensor)

@@ -47,7 +47,8 @@ Layout rules
 * ``_extra_state`` entries of megatron state dicts carry no weights and are not part of this mapping.
 
 Every HF->megatron and megatron->HF tensor is moved bit for bit (no dtype cast, no arithmetic);
-the caller casts if it wants another dtype.
+the caller casts if it wants another dtype. :func:`iter_mcore_to_hf` has a no-copy mode
+(``copy=False``) for consumers that copy each tensor anyway (the weight-sync packer).
 """
 from __future__ import annotations
 
@@ -264,7 +265,7 @@ def hf_to_mcore_shard(get_hf_tensor: Callable[[str], torch.Tensor], arch: ArchSp
 
 def iter_mcore_to_hf(get_shards: Callable[[int, str], Sequence[torch.Tensor]], arch: ArchSpec,
                      tp_size: int = 1, pp_size: int = 1, *, te_names: bool = False,
-                     pp_ranks: Iterable[int] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+                     pp_ranks: Iterable[int] | None = None, copy: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, full tensor)`` in :func:`expected_hf_names` order (restricted to ``pp_ranks``).
 
     ``get_shards(pp_rank, local_name)`` returns the TP shards of one megatron parameter in TP-rank
@@ -273,6 +274,13 @@ def iter_mcore_to_hf(get_shards: Callable[[int, str], Sequence[torch.Tensor]], a
     so a caller can gather shards lazily. Yielded tensors are contiguous and never share memory with
     each other; a tensor needing no rearrangement (a norm, a TP1 projection) may be the very tensor
     ``get_shards`` returned, so copy it if the parameter will change before it is consumed.
+
+    ``copy=False`` (for a consumer that copies every tensor anyway, e.g. the weight-sync bucket
+    packer's ``copy_``): no copy is made that the HF tensor does not need. Gate/up halves and the
+    vocabulary cut are then views into the shard (contiguous, sharing memory with each other and
+    with the shard), valid until the shards change; tensors that have no view with the HF shape
+    (q/k/v, cut out of the interleaved fused rows; TP concatenations) are still materialised once.
+    Names, order, shapes, dtypes and values are the same in both modes.
     """
     _check_parallel(arch, tp_size, pp_size)
     stages = range(pp_size) if pp_ranks is None else sorted(set(pp_ranks))
@@ -283,7 +291,7 @@ def iter_mcore_to_hf(get_shards: Callable[[int, str], Sequence[torch.Tensor]], a
             if not e.export:
                 continue
             shards = _fetch_shards(get_shards, specs[e.mcore], tp_size)
-            yield from zip(e.hf, _from_shards(e.kind, shards, arch))
+            yield from zip(e.hf, _from_shards(e.kind, shards, arch, fresh=copy))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,17 +340,20 @@ def _qkv_rows(ts: list[torch.Tensor], arch: ArchSpec, r: int, tp: int) -> torch.
 # megatron -> HF, one parameter
 
 
-def _from_shards(kind: str, shards: list[torch.Tensor], arch: ArchSpec) -> list[torch.Tensor]:
+def _from_shards(kind: str, shards: list[torch.Tensor], arch: ArchSpec, fresh: bool = True) -> list[torch.Tensor]:
+    """The HF tensors of one megatron parameter. ``fresh=False``: views where a view has the HF shape
+    (see :func:`iter_mcore_to_hf`'s ``copy``); otherwise every part that is cut out of a shard is a copy."""
+    own = _fresh if fresh else (lambda t: t)
     if kind == _COPY:
         return [shards[0]]
     if kind == _ROW:
         return [shards[0] if len(shards) == 1 else torch.cat(shards, dim=1)]
     if kind == _VOCAB:
         full = shards[0] if len(shards) == 1 else torch.cat(shards, dim=0)
-        return [full if full.shape[0] == arch.vocab_size else _fresh(full[:arch.vocab_size])]
+        return [full if full.shape[0] == arch.vocab_size else own(full[:arch.vocab_size])]
     if kind == _GATE_UP:
         halves = [s.chunk(2, dim=0) for s in shards]
-        return [torch.cat([h[i] for h in halves], dim=0) if len(shards) > 1 else _fresh(halves[0][i])
+        return [torch.cat([h[i] for h in halves], dim=0) if len(shards) > 1 else own(halves[0][i])
                 for i in (0, 1)]
     fused = shards[0] if len(shards) == 1 else torch.cat(shards, dim=0)
     d, hpg, ng = arch.head_dim, arch.heads_per_group, arch.num_query_groups

@@ -290,6 +290,12 @@ class ServerManager:
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local model: never reach for the hub
         if self._on_cpu:
             env["SGLANG_USE_CPU_ENGINE"] = "1"
+            # torch's CPU allocator asks for transparent huge pages (madvise) for blocks >= 2 MiB: the
+            # server receives every weight-sync bucket into a fresh buffer, and first-touch page faults
+            # on 4 KiB pages made that 3-4x slower (performance.md "Weight sync"). Read once, at the
+            # first allocation, so it must be in the environment the server starts with. An explicit
+            # value (the caller's environment or LaunchSpec.env, e.g. "0") wins.
+            env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
             env = shim_env(env)
         return env
 

@@ -3,7 +3,10 @@
 received the buffer) and broadcasts the buffer into the weight-update group in the same order.
 
 The trainer's main thread keeps gathering and packing bucket k+1 while this thread broadcasts bucket
-k (a queue of depth one: at most two buckets in flight).
+k (a queue of depth one: one bucket on the wire, one queued, one being filled -- the packer's pool of 3
+buffers). Every bucket handed to :meth:`BucketSender.submit` is given back exactly once: released
+(its buffer may be refilled) when its broadcast has completed or it was never sent, discarded when a
+broadcast of it may still be running (a timeout or a rejection while the broadcast waits).
 
 A server that rejects a request before receiving (wrong group, no begin_weight_update, dead) would
 leave the broadcast waiting forever; the sender watches the HTTP answers while the broadcast runs
@@ -65,6 +68,7 @@ class BucketSender:
         """Queue a bucket (blocks while one is waiting). After a failure, buckets are dropped: the
         other trainer ranks still finish the gather, and the attempt is retried as a whole."""
         if self.failure is not None:
+            bucket.release()  # never sent
             return
         t0 = time.perf_counter()
         self._queue.put(bucket)
@@ -79,17 +83,21 @@ class BucketSender:
     def _run(self) -> None:
         while (bucket := self._queue.get()) is not None:
             if self.failure is not None:
+                bucket.release()  # dropped after a failure: never sent
                 continue
             try:
                 self.failure = self._send(bucket)
             except Exception as exc:  # noqa: BLE001 - a gloo error from a dead peer, reported in one line
                 self.failure = SendFailure(f"broadcast of bucket {bucket.index} failed: {describe_exception(exc)}",
                                            poisoned=True)
+            finally:
+                bucket.discard()  # no-op if _send released it; otherwise the broadcast may still read it
 
     def _send(self, bucket: Bucket) -> SendFailure | None:
         try:
             validate_bucket(bucket, self.expected_shapes)
         except ValueError as exc:  # nothing sent yet: the group and the servers are untouched
+            bucket.release()
             return SendFailure(f"refused to send {exc}")
         req = UpdateWeightsFromDistributedRequest(
             names=bucket.names, dtypes=bucket.dtypes, shapes=bucket.shapes, group_name=self.group_name,
@@ -112,9 +120,10 @@ class BucketSender:
         work = dist.broadcast(bucket.data, group=self.pg, group_src=0, async_op=True)
         failure = self._watch(work, answers, done, bucket, t0)
         if failure is not None:
-            return failure
+            return failure  # the broadcast may still be running: _run discards the buffer
         work.wait()
         t1 = time.perf_counter()
+        bucket.release()  # the broadcast completed: the buffer may be refilled while the servers load
         for t in threads:
             t.join(max(1.0, self.timeout_s - (t1 - t0)))
         self.timing.broadcast_s += t1 - t0

@@ -3,12 +3,17 @@
 Per :meth:`WeightSync.push` (a collective over all trainer ranks):
 
 1. rank 0 makes sure every worker is up and in the weight-update group (formed once; re-formed after
-   a server restart or a failure), then calls ``/begin_weight_update`` on each;
+   a server restart or a failure), then calls ``/begin_weight_update`` on each. Liveness and the
+   workers' weight versions come from one parallel ``GET /model_info`` (:mod:`.liveness`; the 1 s
+   ``/health`` only as a fallback);
 2. all ranks stream the model to rank 0 (:func:`~dcpo_mcore.engine.hf_export.stream_hf_tensors`: TP
    shards and PP stages gathered, converted to HF names by the shared mapping);
 3. rank 0 packs the HF tensors into flattened buckets and a sender thread broadcasts bucket k while
    the gather of bucket k+1 goes on; each bucket is one ``/update_weights_from_distributed`` per
-   worker (HTTP in threads, the broadcast in order);
+   worker (HTTP in threads, the broadcast in order). The export makes no copy the packer would make
+   again (``copy=False``); each tensor is ``copy_``-ed once into a reused bucket buffer (a pool of
+   ``pool_buffers``: one on the wire, one queued, one filling; a buffer is refilled only after its
+   broadcast completed);
 4. ``/end_weight_update``, then ``/update_weight_version`` on each worker.
 
 A failed or partial update is never ignored (SGLang keeps half-updated weights): the attempt is
@@ -19,6 +24,7 @@ trainer's and each worker's log-probs on fixed sequences and raises above a thre
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -36,9 +42,10 @@ from dcpo_mcore.rollout.errors import RequestRejected
 from dcpo_mcore.rollout.ports import PORTS
 from dcpo_mcore.rollout.types import InitWeightsUpdateGroupRequest
 
-from .buckets import BucketPacker
+from .buckets import BucketPacker, BufferPool
 from .errors import SyncError
 from .group import create_trainer_group, destroy_trainer_group, reachable_address
+from .liveness import probe_workers, wait_workers_ready
 from .sender import BucketSender, SendFailure, _one_line
 from .verify import default_threshold, max_abs_diff, server_prompt_logprobs, verification_prompts
 
@@ -56,6 +63,8 @@ class SyncSettings:
     reject_grace_s: float = 5.0  # a server rejected a bucket but the broadcast still waits: give up after this
     max_attempts: int = 3  # 1 + re-push with a re-formed group + re-push after restarting the server
     send_dtype: torch.dtype | None = None  # cast on the wire (e.g. bf16 to a bf16 server); None: as trained
+    pool_buffers: int = 3  # bucket buffers reused by the packer: on the wire, queued, filling (>= 1)
+    keep_buffers: bool | None = None  # keep them between pushes; None: on CPU (gloo) yes, on GPU (nccl) no
     verify_every: int = 1  # verify log-probs every k pushes; 0 = never
     verify_threshold: float | None = None  # max |trainer - server| log-prob; None: default_threshold()
     verify_num_prompts: int = 2
@@ -87,6 +96,8 @@ class WeightSync:
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         self.backend = backend
+        if self.rank0 and backend == "gloo":
+            _warn_without_thp()
         self.pushes = 0
         self.version: str | None = None
         self._pg = None
@@ -95,6 +106,7 @@ class WeightSync:
         self._nonce = uuid.uuid4().hex[:8]
         self._restarts_seen: dict[str, int] | None = None
         self._tp_sizes: list[int] | None = None
+        self._pool: BufferPool | None = None
 
     # ------------------------------------------------------------------ public
     def push(self, version: str) -> dict[str, float]:
@@ -116,6 +128,8 @@ class WeightSync:
                                 "partly updated weights, so the run stops (restart the server or the run)")
             if self.rank0:
                 log.warning("weight sync attempt %d failed: %s; re-pushing everything", attempt, status[1])
+        if not self._keep_buffers():
+            self._pool = None  # its buffers go back when the last bucket does (pool-free until the next push)
         metrics = {**status[1], "sync/seconds": time.perf_counter() - t0, "sync/attempts": float(attempt)}
         metrics["sync/gbps"] = 8e-9 * metrics["sync/bytes"] / max(metrics["sync/seconds"], 1e-9)
         self.version, self.pushes = version, self.pushes + 1
@@ -155,8 +169,9 @@ class WeightSync:
         return worst
 
     def stale_workers(self) -> list[str]:
-        """Rank 0: workers whose reported weight_version is not the last pushed one (e.g. restarted)."""
-        return [a.url for a in self.admins if _safe_version(a) != self.version]
+        """Rank 0: workers whose reported weight_version is not the last pushed one (e.g. restarted).
+        An unreachable worker is stale too. All workers are asked at once."""
+        return [p.url for p in probe_workers(self.admins, fallback=False) if p.version != self.version]
 
     def close(self) -> None:
         if self.rank0 and self._pg is not None:
@@ -164,17 +179,19 @@ class WeightSync:
                 _quietly(a.destroy_weights_update_group, _destroy_req(self._group_name))
             destroy_trainer_group(self._pg)
         self._pg = None
+        self._pool = None
 
     # ------------------------------------------------------------------ rank 0: group and session
     def _prepare(self, attempt: int, failure: SendFailure | None) -> tuple:
         try:
-            self._wait_workers_ready()
+            probes = self._wait_workers_ready()
             if failure is not None and attempt == self.settings.max_attempts and failure.url:
                 self._restart(failure.url)
             restarts = self.manager.restarts() if self.manager is not None else None
             # A worker that lost its weights (restarted by anyone) reports another weight_version; it
-            # also left the old group, which must therefore be formed again.
-            stale = self.version is not None and bool(self.stale_workers())
+            # also left the old group, which must therefore be formed again. (A worker that only
+            # answered /health has an unknown version: stale, to be safe.)
+            stale = self.version is not None and any(p.version != self.version for p in probes)
             if self._pg is None or failure is not None or stale or restarts != self._restarts_seen:
                 self._form_group(poisoned=failure is not None and failure.poisoned)
                 self._restarts_seen = restarts
@@ -210,32 +227,12 @@ class WeightSync:
         log.info("weight-update group %s formed: trainer + %d worker rank(s) over %s at %s:%d",
                  name, world - 1, self.backend, address, port)
 
-    def _wait_workers_ready(self) -> None:
-        """Wait (up to timeout_s) for every worker to answer /health. A dead server we own is being
-        restarted by the manager's watchdog; an attached one may be restarted by whoever runs it."""
-        deadline = time.monotonic() + self.settings.timeout_s
-        for a in self.admins:
-            announced = False
-            while not self._healthy(a):
-                if self.manager is not None and self.manager.is_failed(a.url):
-                    raise SyncError(f"SGLang worker {a.url} has failed and will not be restarted (see its log)")
-                if time.monotonic() > deadline:
-                    raise SyncError(f"SGLang worker {a.url} is unreachable and did not come back within "
-                                    f"{self.settings.timeout_s:.0f} s")
-                if not announced:
-                    log.warning("weight sync: waiting for SGLang worker %s to come back", a.url)
-                    announced = True
-                if self.manager is not None:
-                    self.manager.report_failure(a.url, "weight sync")
-                time.sleep(0.5)
-
-    def _healthy(self, admin: EngineAdmin) -> bool:
-        if self.manager is not None and not self.manager.is_ready(admin.url):
-            return False
-        try:
-            return admin.health()
-        except Exception:  # noqa: BLE001 - unreachable: not (yet) healthy
-            return False
+    def _wait_workers_ready(self) -> list:
+        """Wait (up to timeout_s) until every worker is alive (:func:`.liveness.wait_workers_ready`: one
+        parallel ``/model_info`` per round, ``/health`` only as the fallback); their probes, with each
+        worker's weight_version. A dead server we own is being restarted by the manager's watchdog; an
+        attached one may be restarted by whoever runs it."""
+        return wait_workers_ready(self.admins, self.manager, self.settings.timeout_s)
 
     def _restart(self, url: str) -> None:
         if self.manager is None or not self.manager.owned:
@@ -251,15 +248,29 @@ class WeightSync:
             sender = BucketSender(self._pg, self.admins, self._group_name, self.settings.timeout_s,
                                   self.settings.reject_grace_s, expected_hf_shapes(self.engine.arch))
             device = "cuda" if self.backend == "nccl" else "cpu"
-            packer = BucketPacker(self.settings.bucket_bytes, sender.submit, self.settings.send_dtype, device)
+            if self._pool is None:
+                self._pool = BufferPool(self.settings.bucket_bytes, max(1, self.settings.pool_buffers), device)
+            packer = BucketPacker(self.settings.bucket_bytes, sender.submit, self.settings.send_dtype, device,
+                                  pool=self._pool)
+            timings["pool_wait0"] = self._pool.wait_s
         t0 = time.perf_counter()
-        stream_hf_tensors(self.engine.chunks, self.engine.arch, self.engine.uses_te,
-                          packer.add if packer is not None else None, timings=timings,
-                          on_cpu=self.backend != "nccl")
-        if packer is not None:
-            packer.flush()
+        try:
+            # copy=False: the packer copy_s every tensor into its bucket before add() returns.
+            stream_hf_tensors(self.engine.chunks, self.engine.arch, self.engine.uses_te,
+                              packer.add if packer is not None else None, timings=timings,
+                              on_cpu=self.backend != "nccl", copy=False)
+            if packer is not None:
+                packer.flush()
+        finally:
+            if packer is not None:
+                packer.abandon()  # after an error: the half-filled buffer (never sent) goes back
+                timings["pool_wait"] = self._pool.wait_s - timings.pop("pool_wait0")
         timings["stream"] = time.perf_counter() - t0
         return sender
+
+    def _keep_buffers(self) -> bool:
+        keep = self.settings.keep_buffers
+        return self.backend != "nccl" if keep is None else keep
 
     def _complete(self, sender: BucketSender, version: str, timings: dict[str, float]) -> tuple:
         t0 = time.perf_counter()
@@ -281,7 +292,7 @@ class WeightSync:
             "sync/bytes": float(tm.bytes), "sync/buckets": float(tm.buckets),
             "sync/gather_seconds": gather,
             "sync/convert_seconds": max(timings["stream"] - gather - sink, 0.0),
-            "sync/pack_seconds": max(sink - tm.wait_s, 0.0),
+            "sync/pack_seconds": max(sink - tm.wait_s - timings.get("pool_wait", 0.0), 0.0),
             "sync/broadcast_seconds": tm.broadcast_s, "sync/server_load_seconds": tm.server_load_s,
             "sync/drain_seconds": tail,  # after the gather: the last buckets still on the wire
         })
@@ -291,6 +302,21 @@ class WeightSync:
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+_THP_WARNED = False
+
+
+def _warn_without_thp() -> None:
+    """Once per process. torch's CPU allocator reads THP_MEM_ALLOC_ENABLE ONCE, at the process's first
+    CPU tensor allocation (importing dcpo_mcore's engine already allocates), so setting it from here
+    would have no effect: it must be in the trainer's environment when it starts."""
+    global _THP_WARNED
+    if not _THP_WARNED and "THP_MEM_ALLOC_ENABLE" not in os.environ:
+        _THP_WARNED = True
+        log.warning("weight sync over gloo: THP_MEM_ALLOC_ENABLE is not set in this trainer's environment; "
+                    "start the trainer with THP_MEM_ALLOC_ENABLE=1 (torch then backs large CPU buffers with "
+                    "huge pages; fresh buffers fill ~4x faster, see docs/performance.md 'Weight sync')")
 
 
 def _rendezvous(admins: Sequence[EngineAdmin], reqs, create, timeout_s: float):
@@ -360,10 +386,3 @@ def _quietly(fn, *args) -> None:
         fn(*args)
     except Exception as exc:  # noqa: BLE001 - best-effort cleanup
         log.debug("ignored during weight-sync cleanup: %s", _one_line(exc))
-
-
-def _safe_version(admin: EngineAdmin) -> str | None:
-    try:
-        return admin.weight_version()
-    except Exception:  # noqa: BLE001 - an unreachable worker is stale too
-        return None

@@ -22,6 +22,8 @@ setup(
             "dcpo-train=dcpo_mcore.cli:train_main",
             "dcpo-convert=dcpo_mcore.convert.cli:main",
             "dcpo-report=dcpo_mcore.metrics.report:main",
+            "dcpo-eval=dcpo_mcore.eval_cli:main",
+            "dcpo-demo=dcpo_mcore.cli:demo_main",
         ]
     },
 )

@@ -128,7 +128,8 @@ def test_replicas_are_one_problem_and_default_k_is_their_count(tmp_path, dedup):
     ds = load_prompt_dataset([f], CharTokenizer(), chat_template="none", dedup_replicas=dedup)
     assert len(ds.records) == (2 if dedup else 16) and set(ds.replica_counts.values()) == {8}
     pool = MathVerifier()
-    client = FakeClient(_by_correct_count({"qwen_aime:0": 2, "qwen_aime:1": 8}, {"qwen_aime:0": "3", "qwen_aime:1": "5"}))
+    gts = {"qwen_aime:0": "3", "qwen_aime:1": "5"}
+    client = FakeClient(_by_correct_count({"qwen_aime:0": 2, "qwen_aime:1": 8}, gts))
     sampled = evaluate(client, ds, pool, EvalSettings(greedy=False))  # k from the replica count
     assert [(r.key, r.n, r.n_correct) for r in sampled.rows] == [("qwen_aime:0", 8, 2), ("qwen_aime:1", 8, 8)]
     assert sampled.metrics["eval/qwen_aime/avg@8"] == pytest.approx((2 / 8 + 1) / 2)

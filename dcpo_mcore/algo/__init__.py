@@ -19,7 +19,16 @@ from .dapo import dynamic_sampling_keep, overlong_penalty
 from .grouping import prompt_groups
 from .loss import LossSpec, PolicyLossOutput, policy_loss
 from .metrics import ClipCounts, advantage_stats, clip_counts, clip_ratios, nonzero_advantage_ratio
-from .objectives import OBJECTIVES, DcpoClipParams, GspoParams, PpoClipParams, low_var_kl, token_objective
+from .objectives import (
+    OBJECTIVES,
+    DcpoClipParams,
+    GspoParams,
+    NllParams,
+    PpoClipParams,
+    low_var_kl,
+    nll_objective,
+    token_objective,
+)
 from .registry import Registry
 from .sas import PromptStats, PromptStatsStore, merge_stats, sas_advantages
 

@@ -55,7 +55,17 @@ class GspoParams:
     eps_high: float = 4e-4
 
 
-ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams]
+@dataclass(frozen=True)
+class NllParams:
+    """Advantage-weighted log-likelihood (no ratio, no clip): no parameters.
+
+    With advantage 1 on every response and ``token_mean`` aggregation this is plain next-token
+    cross-entropy on the response tokens: supervised (pre)training through the same engine and loss path
+    as RL (the CPU demo's pretraining stage).
+    """
+
+
+ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams, NllParams]
 
 
 def dcpo_objective(logprobs, old_logprobs, advantages, mask, params: DcpoClipParams) -> TokenLossOutput:
@@ -96,6 +106,19 @@ def gspo_objective(logprobs, old_logprobs, advantages, mask, params: GspoParams)
     return clipped_surrogate(ratio, adv, 1.0 - params.eps_low, 1.0 + params.eps_high, None)
 
 
+def nll_objective(logprobs, old_logprobs, advantages, mask, params: NllParams) -> TokenLossOutput:
+    """Per-token objective A * log pi(o_t) (REINFORCE form; A = 1 gives the log-likelihood), loss = -that.
+
+    ``old_logprobs`` and ``mask`` are unused (there is no ratio and the objective is per token); nothing
+    is ever clipped, so every clip indicator is False.
+    """
+    del old_logprobs, mask, params
+    logprobs = _as_float(logprobs)
+    adv = broadcast_advantages(advantages, logprobs)
+    never = torch.zeros(logprobs.shape, dtype=torch.bool, device=logprobs.device)
+    return TokenLossOutput(-(adv * logprobs), never, never.clone(), never.clone())
+
+
 def low_var_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(pi || ref) per token (spec §7.1): exp(d) - d - 1 with d = ref - logp.
 
@@ -118,6 +141,7 @@ OBJECTIVES: Registry[ObjectiveEntry] = Registry("token objective")
 OBJECTIVES.register("dcpo", ObjectiveEntry(dcpo_objective, DcpoClipParams))
 OBJECTIVES.register("ppo_clip", ObjectiveEntry(ppo_clip_objective, PpoClipParams))
 OBJECTIVES.register("gspo", ObjectiveEntry(gspo_objective, GspoParams))
+OBJECTIVES.register("nll", ObjectiveEntry(nll_objective, NllParams))
 
 
 def token_objective(name: str, logprobs, old_logprobs, advantages, mask, params: ObjectiveParams) -> TokenLossOutput:

@@ -67,11 +67,29 @@ def save(directory: str | Path, chunks, optimizer, extra: dict) -> None:
     if busy.item():
         raise FileExistsError(f"checkpoint directory {path} is not empty; save into a new directory")
     _materialize_adam_state(chunks, optimizer)  # saving before the first step needs the state too
+    _in_process_results_queue()
     state = _sharded_state_dict(chunks, optimizer, is_loading=False)
     state["engine"] = dict(extra)
     meta = {**SHARDING, "distributed_optimizer": _is_distributed(optimizer)}
     dist_checkpointing.save(state, str(path), content_metadata=meta)
     dist.barrier()
+
+
+def _in_process_results_queue() -> None:
+    """Give megatron's checkpoint writer an in-process results queue.
+
+    Its default is ``multiprocessing.get_context("spawn").Manager().Queue()``: a Manager *server
+    process* that a SIGKILLed trainer leaves behind as an orphan (holding the job's stdout, so a
+    launcher waiting on it hangs). Our saves are synchronous: the forked writers report through their
+    own local queue and only this process touches the results queue, so a thread-safe queue.Queue
+    does the same job without a process.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", "missing") is None:
+        filesystem_async._results_queue = queue.Queue()
 
 
 def load(directory: str | Path, chunks, optimizer) -> dict:

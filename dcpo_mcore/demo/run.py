@@ -31,38 +31,62 @@ class DemoOptions:
     baseline: bool = True  # also measure "more pretraining for the same time"
 
 
-def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
+@dataclass
+class Pretrained:
+    """What stages 1-3 leave behind: the task files and the pretrained HF checkpoint."""
+
+    init_dir: Path
+    pre_dir: Path
+    train_file: Path
+    eval_file: Path
+    train_records: list
+    eval_records: list
+    result: object  # PretrainResult
+
+    def rl_overrides(self) -> list[str]:
+        return [f"model.hf_path={self.pre_dir}", f"data.train_files=[{self.train_file}]",
+                f"data.eval_files=[{self.eval_file}]", "data.chat_template=none"]
+
+
+def prepare_pretrained(cfg, opts: DemoOptions, say) -> Pretrained:
+    """Stages 1-3 into ``cfg.run_dir``: tokenizer, random model, task, megatron pretraining."""
     from dcpo_mcore.data import arith_alphabet, make_arithmetic_task
     from dcpo_mcore.demo import PretrainSettings, make_char_tokenizer, make_demo_model, pretrain
     from dcpo_mcore.demo import records_from_files
-    from dcpo_mcore.trainer import train
 
-    t_start = time.perf_counter()
-    cfg = load_config(config_path, overrides)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    say = _printer()
-
-    # 1-2: everything local, nothing downloaded
     train_file, eval_file = make_arithmetic_task(run / "data", seed=cfg.seed, n_train=opts.n_train, n_eval=opts.n_eval)
     tokenizer = make_char_tokenizer(run / "tokenizer", arith_alphabet())
     init_dir = make_demo_model(run / "model_init", cfg.model, tokenizer, seed=cfg.seed)
     train_records = records_from_files(tokenizer, [train_file])
     eval_records = records_from_files(tokenizer, [eval_file])
     say(f"task: {len(train_records)} train / {len(eval_records)} held-out questions; model {init_dir}")
-
-    # 3: pretraining with the megatron engine, stopped on accuracy
     pre_dir = run / "model_pretrained"
-    base = dict(seed=cfg.seed, max_new_tokens=cfg.rollout.max_new_tokens, save_mcore_checkpoint=True)
     pre = pretrain(init_dir, pre_dir, train_records, eval_records,
-                   PretrainSettings(target_accuracy=opts.pretrain_target, max_seconds=opts.pretrain_max_seconds, **base),
-                   log=say)
+                   PretrainSettings(target_accuracy=opts.pretrain_target, max_seconds=opts.pretrain_max_seconds,
+                                    **_pretrain_common(cfg)), log=say)
     say(f"pretraining: {pre.steps} steps in {pre.seconds:.0f} s -> held-out greedy accuracy {pre.final_accuracy:.1%}")
+    return Pretrained(init_dir, pre_dir, train_file, eval_file, train_records, eval_records, pre)
+
+
+def _pretrain_common(cfg) -> dict:
+    return dict(seed=cfg.seed, max_new_tokens=cfg.rollout.max_new_tokens, save_mcore_checkpoint=True)
+
+
+def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
+    from dcpo_mcore.demo import PretrainSettings, pretrain
+    from dcpo_mcore.trainer import train
+
+    t_start = time.perf_counter()
+    cfg = load_config(config_path, overrides)
+    run = Path(cfg.run_dir)
+    say = _printer()
+    p = prepare_pretrained(cfg, opts, say)  # 1-3
+    pre = p.result
 
     # 4: RL through the real trainer (SGLang rollouts, weight sync, checkpoints, metrics)
-    rl_overrides = [*overrides, f"model.hf_path={pre_dir}", f"data.train_files=[{train_file}]",
-                    f"data.eval_files=[{eval_file}]", "data.chat_template=none"]
-    rl_cfg = load_config(config_path, rl_overrides)
+    rl_cfg = load_config(config_path, [*overrides, *p.rl_overrides()])
     t_rl = time.perf_counter()
     summary = train(rl_cfg)
     rl_seconds = time.perf_counter() - t_rl
@@ -73,8 +97,9 @@ def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
     # 5: the same wall time spent on more pretraining instead
     more = None
     if opts.baseline:
-        more = pretrain(init_dir, run / "model_more_pretraining", train_records, eval_records,
-                        PretrainSettings(target_accuracy=None, max_seconds=rl_seconds, **base), init=pre_dir, log=say)
+        more = pretrain(p.init_dir, run / "model_more_pretraining", p.train_records, p.eval_records,
+                        PretrainSettings(target_accuracy=None, max_seconds=rl_seconds, **_pretrain_common(cfg)),
+                        init=p.pre_dir, log=say)
         say(f"baseline: {more.steps} more pretraining steps in {more.seconds:.0f} s -> {more.final_accuracy:.1%}")
 
     # 6: report

@@ -113,6 +113,50 @@ def load(directory: str | Path, chunks, optimizer) -> dict:
     return dict(loaded.get("engine", {}))
 
 
+def resolve_checkpoint_dir(directory: str | Path) -> Path:
+    """A dist_checkpointing directory, given it or a Megatron-LM save root (``latest_checkpointed_iteration.txt``
+    naming an ``iter_*`` directory) or one of our ``step_*`` checkpoints (weights in ``model/``)."""
+    path = Path(directory)
+    tracker = path / "latest_checkpointed_iteration.txt"
+    if tracker.exists():
+        text = tracker.read_text().strip()
+        path = path / (f"iter_{int(text):07d}" if text.isdigit() else text)
+    elif (path / "model" / "metadata.json").exists():
+        path = path / "model"
+    if not (path / "metadata.json").exists():
+        raise FileNotFoundError(f"{directory} is not a megatron torch_dist checkpoint (no metadata.json in {path}); "
+                                "give the directory megatron-core's dist_checkpointing.save wrote")
+    return path
+
+
+def load_weights_only(directory: str | Path, chunks) -> Path:
+    """Load only the model weights of a torch_dist checkpoint (pretraining / SFT -> the RL start), any layout.
+
+    Missing tensors, extra model tensors and shape mismatches raise one-line errors; the checkpoint's
+    optimizer state and other entries are ignored (RL starts with a fresh optimizer).
+    """
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    path = resolve_checkpoint_dir(directory)
+    state = _model_sharded_state_dict(chunks)
+    try:
+        loaded, missing, unexpected = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
+    except CheckpointingException as exc:  # e.g. a shape that does not match this model
+        raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0][:300]}") from None
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} tensor(s) of this model, e.g. {sorted(missing)[:3]}; is it a "
+                         "checkpoint of this architecture (layers, GQA groups, tied embeddings)?")
+    extra = sorted(k for k in unexpected if not k.startswith(("optimizer", "rng_state", "rerun_state")))
+    extra = [k for k in extra if "." in k]  # model tensors have dotted names; top-level scalars do not
+    if extra:
+        raise ValueError(f"{path} has {len(extra)} model tensor(s) this model does not, e.g. {extra[:3]}; is it a "
+                         "checkpoint of a bigger or different architecture?")
+    for key, chunk in zip(_model_keys(chunks), chunks):
+        chunk.module.load_state_dict(loaded[key], strict=True)
+    return path
+
+
 def _all_reduce_max(t: torch.Tensor) -> None:
     if dist.get_backend() == "nccl":
         dev = t.cuda()

@@ -248,6 +248,15 @@ class PolicyEngine:
         return state
 
 
+def load_initial_weights(engine: "PolicyEngine", directory: str | Path) -> Path:
+    """Replace the engine's weights by a megatron torch_dist checkpoint's (pretrain/SFT -> RL, no HF round trip)."""
+    path = dist_ckpt.load_weights_only(directory, engine.chunks)
+    # Optimizers that keep fp32 main copies of the weights (bf16 training) must copy the new weights too.
+    if engine.optimizer is not None and hasattr(engine.optimizer, "reload_model_params"):
+        engine.optimizer.reload_model_params()
+    return path
+
+
 def _ensure_model_parallel(layout: ParallelLayout, seed: int) -> None:
     """Initialise megatron's parallel state unless it already has this layout's sizes.
 

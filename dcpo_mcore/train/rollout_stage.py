@@ -25,7 +25,7 @@ import torch
 from dcpo_mcore.algo import dynamic_sampling_keep, overlong_penalty
 from dcpo_mcore.rollout import PromptInput, SamplingParams
 
-from . import comm
+from dcpo_mcore.engine import collectives as comm
 
 log = logging.getLogger(__name__)
 MAX_STALE_REPAIRS = 3  # re-push + regenerate rounds before a step gives up

@@ -13,7 +13,6 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -22,7 +21,7 @@ from dcpo_mcore.algo import PromptStatsStore
 from dcpo_mcore.algo_setup import build_algorithm
 from dcpo_mcore.config import TrainConfig
 
-from . import comm
+from dcpo_mcore.engine import collectives as comm
 from .rollout_stage import RolloutSettings, RolloutStage
 from .update_stage import UpdateSettings
 
@@ -199,9 +198,12 @@ def _make_cursor(cfg: TrainConfig, num_items: int):
 def _resume(cfg: TrainConfig, ckpt, engine, store, cursor) -> tuple[int, str | None]:
     path = ckpt.resolve_resume(cfg.checkpoint.resume)
     if path is None:
-        if cfg.model.init_checkpoint:
-            raise ValueError("model.init_checkpoint (a megatron checkpoint as the initial policy) is not "
-                             "supported yet; convert it to Hugging Face with dcpo-convert and set model.hf_path")
+        if cfg.model.init_checkpoint:  # pretrain / SFT -> RL: megatron weights straight in, no HF round trip
+            from dcpo_mcore.engine.policy import load_initial_weights
+
+            loaded = load_initial_weights(engine, cfg.model.init_checkpoint)
+            if comm.is_rank0():
+                log.info("initial policy weights loaded from %s (model.init_checkpoint)", loaded)
         return 0, None
     state = ckpt.load(path, engine.load_checkpoint)
     store.load_state_dict(state["sas_store"])
@@ -272,13 +274,13 @@ def _evaluator(cfg: TrainConfig, client, pool, tokenizer) -> Callable[[int], dic
         return None
     from dcpo_mcore.evaluation import EvalSettings, evaluate
 
-    datasets = {Path(f).stem: _load_prompts(cfg, [f], tokenizer) for f in cfg.data.eval_files}
+    datasets = [_load_prompts(cfg, [f], tokenizer) for f in cfg.data.eval_files]
     settings = EvalSettings(k=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)
 
     def run(step: int) -> dict:
         out: dict = {}
-        for name, data in datasets.items():
-            out.update(evaluate(client, data, pool, settings, tokenizer=tokenizer, step=step, name=name).metrics)
+        for data in datasets:  # metrics are named eval/<data_source>/avg@1
+            out.update(evaluate(client, data, pool, settings, tokenizer=tokenizer, step=step).metrics)
         return out
 
     return run

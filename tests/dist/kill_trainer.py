@@ -1,0 +1,142 @@
+"""Run ``dcpo-train`` with test hooks: record or replay rollouts, and SIGKILL it at a chosen point.
+
+    python tests/dist/kill_trainer.py [--record DIR | --replay DIR] [--kill POINT STEP] -- --config X.yaml k=v ...
+
+Why record/replay: SGLang 0.5.23 on CPU ignores per-request sampling seeds (it builds the seed tensor
+only with --enable-deterministic-inference, which the CPU attention backend refuses), so two runs
+never sample the same tokens. Recording the reference run's rollout batches and replaying them in the
+interrupted + resumed run makes everything downstream of the sampler comparable bit for bit: prompt
+order (the replay checks the cursor picks the recorded prompts), rewards, SAS state, old log-probs,
+every optimizer step, the weights pushed into the real server, and the checkpoints.
+
+Kill POINTs: rollout (after the cursor advanced for step STEP, before its batch is complete), update
+(inside the first optimizer step of step STEP), sync (inside the weight push after step STEP), save
+(inside checkpoint STEP, every file written, before the rename that publishes it). The production code
+is unchanged: hooks are monkeypatches in this process, and the kill is a real SIGKILL.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import signal
+import sys
+from pathlib import Path
+
+
+def _die(where: str) -> None:
+    print(f"[kill_trainer] SIGKILL at {where}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_record_replay(record: str | None, replay: str | None, kill: tuple[str, int] | None) -> None:
+    from dcpo_mcore.train.rollout_stage import RolloutStage
+
+    orig_all = RolloutStage._generate_all
+
+    def generate_all(self, step):
+        if replay is None:
+            batch = orig_all(self, step)
+        else:
+            with open(Path(replay) / f"step_{step}.pkl", "rb") as f:
+                batch = pickle.load(f)
+            records = self.next_prompts()  # advance the cursor exactly as a real rollout would
+            assert [r.key for r in records] == batch.keys[::batch.group_size], "cursor picked other prompts"
+            batch.cursor_state = self.cursor_state()
+            batch.group_records = records
+            batch.group_versions = [{self.sync.version}] * len(records)
+        if kill == ("rollout", step):
+            _die(f"rollout of step {step}")
+        if record is not None:
+            Path(record).mkdir(parents=True, exist_ok=True)
+            keep = batch.group_records, batch.group_versions
+            batch.group_records, batch.group_versions = [], []
+            with open(Path(record) / f"step_{step}.pkl", "wb") as f:
+                pickle.dump(batch, f)
+            batch.group_records, batch.group_versions = keep
+        return batch
+
+    RolloutStage._generate_all = generate_all
+
+
+def install_kill(point: str, step: int) -> None:
+    if point == "update":
+        from dcpo_mcore.train import update_stage
+
+        orig_update = update_stage.update_policy
+
+        def update_policy(engine, batch, store, settings):
+            if batch.cursor_state is not None and _current_step[0] == step:
+                orig_train = engine.train_step
+
+                def train_step(samples, **kw):
+                    _die(f"first optimizer step of step {step}")
+                    return orig_train(samples, **kw)
+
+                engine.train_step = train_step
+            return orig_update(engine, batch, store, settings)
+
+        import dcpo_mcore.trainer as trainer_mod
+
+        trainer_mod.update_policy = update_policy
+        _track_step()
+    elif point == "sync":
+        from dcpo_mcore.sync.weight_sync import WeightSync
+
+        orig_push, orig_stream = WeightSync.push, WeightSync._stream
+
+        def push(self, version):
+            self._kill_now = version == str(step)
+            return orig_push(self, version)
+
+        def stream(self, timings):
+            if getattr(self, "_kill_now", False):
+                _die(f"weight push of step {step}")
+            return orig_stream(self, timings)
+
+        WeightSync.push, WeightSync._stream = push, stream
+    elif point == "save":
+        from dcpo_mcore.checkpoint.manager import CheckpointManager
+
+        orig = CheckpointManager._publish
+
+        def publish(self, tmp, s):
+            if s == step:
+                _die(f"checkpoint {step} before its rename")
+            return orig(self, tmp, s)
+
+        CheckpointManager._publish = publish
+    elif point != "rollout":
+        raise SystemExit(f"unknown kill point {point!r}")
+
+
+_current_step = [0]
+
+
+def _track_step() -> None:
+    from dcpo_mcore.train.rollout_stage import RolloutStage
+
+    orig = RolloutStage.collect
+
+    def collect(self, step):
+        _current_step[0] = step
+        return orig(self, step)
+
+    RolloutStage.collect = collect
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    split = argv.index("--")
+    p = argparse.ArgumentParser()
+    p.add_argument("--record")
+    p.add_argument("--replay")
+    p.add_argument("--kill", nargs=2, metavar=("POINT", "STEP"))
+    args = p.parse_args(argv[:split])
+    kill = (args.kill[0], int(args.kill[1])) if args.kill else None
+    install_record_replay(args.record, args.replay, kill)
+    if kill is not None:
+        install_kill(*kill)
+    from dcpo_mcore.cli import train_main
+
+    sys.exit(train_main(argv[split + 1:]))

@@ -1,0 +1,220 @@
+"""`dcpo-train` end to end: the megatron engine + one REAL SGLang server on CPU, a tiny model that
+already half-solves the task (so rewards vary, advantages are non-zero and the weights move), and
+the kill -9 resume guarantee.
+
+One server is started for the module and every trainer run attaches to it (``rollout.server_urls``):
+a trainer start then costs ~15 s instead of ~40 s. Each run pushes its own weights first, so runs
+cannot see each other's weights.
+
+Determinism: SGLang 0.5.23 on CPU cannot sample reproducibly. It ignores the per-request sampling
+seeds the client sends (``SamplingBatchInfo`` builds the seed tensor only under
+``--enable-deterministic-inference``, which it refuses for the CPU attention backend), so two runs
+never draw the same tokens; ``test_two_cpu_runs_sample_differently`` keeps that fact checked. The
+kill -9 tests therefore record the reference run's rollout batches and replay them after the kill
+(tests/dist/kill_trainer.py): everything downstream of the sampler must then match the uninterrupted
+run bit for bit (prompt order, rewards, SAS statistics, log-probs, every optimizer step, the weights
+pushed into the real server, the checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import SKIP_REASON
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 3
+# Wall-clock and throughput keys differ between any two runs; everything else must match exactly.
+VOLATILE = ("timing/", "perf/tokens_per_second", "sync/seconds", "sync/gbps", "sync/gather_seconds",
+            "sync/convert_seconds", "sync/pack_seconds", "sync/broadcast_seconds", "sync/server_load_seconds",
+            "sync/drain_seconds", "sync/attempts")
+
+
+def _teach(model_dir: Path, train_file: Path, steps: int = 150) -> None:
+    """A few seconds of supervised training in plain transformers, so sampling at T=1 is right
+    some of the time (a random model never writes \\boxed{}, and every reward would be -1)."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rows = pd.read_parquet(train_file)
+    texts = [(r["prompt"][-1]["content"], f"\\boxed{{{r['reward_model']['ground_truth']}}}") for _, r in rows.iterrows()]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(texts), (32,), generator=gen).tolist()
+        batch = []
+        for i in idx:
+            q, a = texts[i]
+            p = tok.encode(q, add_special_tokens=False)
+            r = tok.encode(a, add_special_tokens=False) + [tok.eos_token_id]
+            batch.append((p + r, [-100] * len(p) + r))
+        width = max(len(x) for x, _ in batch)
+        ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in batch])
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from dcpo_mcore.data import make_arithmetic_task
+    from dcpo_mcore.hf.tiny import make_tiny_hf_model
+    from dcpo_mcore.rollout import LaunchSpec, ServerManager
+
+    root = tmp_path_factory.mktemp("trainer")
+    model = make_tiny_hf_model("qwen2", root / "model", seed=5)
+    train_file, eval_file = make_arithmetic_task(root / "data", seed=0, n_train=64, n_eval=16)
+    _teach(model, train_file)
+    manager = ServerManager(LaunchSpec(model_path=str(model), num_servers=1, random_seed=0,
+                                       startup_timeout_s=480), root / "servers").start()
+    try:
+        yield {"root": root, "model": model, "train": train_file, "eval": eval_file, "url": manager.worker_urls[0]}
+    finally:
+        manager.shutdown()
+
+
+def _args(setup, run_dir: Path, *extra: str) -> list[str]:
+    return ["--config", "configs/tiny_test.yaml", f"run_dir={run_dir}", f"model.hf_path={setup['model']}",
+            # the architecture comes from the checkpoint's config.json, not tiny_test.yaml's explicit one
+            "model.num_layers=null", "model.hidden_size=null", "model.ffn_hidden_size=null",
+            "model.num_attention_heads=null", "model.num_query_groups=null", "model.vocab_size=null",
+            "model.max_position_embeddings=null",
+            f"data.train_files=[{setup['train']}]", "data.chat_template=none",
+            f"rollout.server_urls=[{setup['url']}]", "rollout.num_servers=0", "rollout.max_prompt_tokens=64",
+            "rollout.max_new_tokens=12", f"steps={STEPS}", "checkpoint.save_interval=1", "checkpoint.keep_last=3",
+            "algo.mini_batch_prompts=2", "optim.lr=3e-4", *extra]
+
+
+def _run(args: list[str], *hooks: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    """Run the trainer (with kill_trainer.py's ``hooks``, if any); output goes to files, not pipes, so a
+    process a killed trainer left behind could not make this wait (it would hold a pipe open)."""
+    cmd = [sys.executable, "-m", "dcpo_mcore.cli", *args] if not hooks else \
+        [sys.executable, str(REPO / "tests/dist/kill_trainer.py"), *hooks, "--", *args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=err, text=True, timeout=timeout)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
+def _metrics(run_dir: Path) -> dict[int, dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: r for r in rows}
+
+
+def _stable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    run_dir = setup["root"] / "reference"
+    proc = _run(_args(setup, run_dir), "--record", str(setup["root"] / "rollouts"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir
+
+
+def test_training_run_writes_metrics_checkpoints_and_learns_signal(reference):
+    rows = _metrics(reference)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    for r in rows.values():
+        # the rollout carries signal: some groups are mixed, so advantages are non-zero and the loss moves
+        assert 0.0 < r["adv/nonzero_ratio"] <= 1.0, r
+        assert r["rollout/generated_responses"] == 16.0
+        assert r["invariant/first_update_ratio_is_one"] == 1.0 and r["invariant/first_update_token_clip_ratio"] == 0.0
+        assert r["invariant/loss_finite"] == 1.0 and r["optim/updates"] == 2.0
+        # the trainer's old log-probs are SGLang's sampler log-probs (float32 on both sides)
+        assert r["mismatch/logprob_abs_mean"] < 1e-4 and r["invariant/mismatch_within_bound"] == 1.0
+        assert r["sync/logprob_max_abs_diff"] < 1e-4
+        assert r["loss/grad_norm"] > 0.0
+    assert any(r["actor/ppo_kl"] != 0.0 for r in rows.values())  # the second mini-batch sees a moved policy
+    ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step_*"))
+    assert ckpts == [f"step_{s:08d}" for s in range(1, STEPS + 1)]
+    state = json.loads((reference / "checkpoints" / f"step_{STEPS:08d}" / "trainer_state.json").read_text())
+    assert state["step"] == STEPS and state["weight_version"] == str(STEPS)
+    assert len(state["sas_store"]["keys"]) == 4 * STEPS  # every prompt seen gets its SAS statistics
+
+
+def _weights(ckpt: Path) -> dict:
+    """Every tensor (weights and Adam state) of a checkpoint's dist_checkpointing directory, read without a
+    process group."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = ckpt.parent / f"{ckpt.name}.pt"
+    dcp_to_torch_save(str(ckpt / "model"), str(out))
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def test_two_cpu_runs_sample_differently(setup, reference):
+    """The reason the resume tests replay rollouts: if this starts failing, SGLang honours the client's
+    seeds on CPU and the kill tests can compare fresh rollouts instead (drop the replay)."""
+    run_dir = setup["root"] / "second"
+    proc = _run(_args(setup, run_dir, "steps=1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ref, got = _metrics(reference)[1], _metrics(run_dir)[1]
+    fields = ("reward/mean", "rollout/response_length_mean", "actor/entropy", "mismatch/logprob_abs_mean")
+    assert any(ref[k] != got[k] for k in fields), "two runs sampled identically: SGLang is deterministic here now"
+
+
+@pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2)])
+def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point, step):
+    import torch
+
+    run_dir = setup["root"] / f"killed_{point}"
+    replay = ("--replay", str(setup["root"] / "rollouts"))
+    killed = _run(_args(setup, run_dir), *replay, "--kill", point, str(step))
+    assert killed.returncode == -9, (killed.returncode, killed.stdout[-2000:], killed.stderr[-3000:])
+    assert "[kill_trainer] SIGKILL" in killed.stdout
+    resumed = _run(_args(setup, run_dir), *replay)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming at step 1" in resumed.stderr, resumed.stderr[-3000:]
+    ref, got = _metrics(reference), _metrics(run_dir)
+    assert sorted(got) == list(range(1, STEPS + 1))  # the killed step's row is not duplicated
+    for s in range(1, STEPS + 1):
+        assert _stable(got[s]) == _stable(ref[s]), (s, {k: (got[s].get(k), v) for k, v in _stable(ref[s]).items()
+                                                       if got[s].get(k) != v})
+    final = f"step_{STEPS:08d}"
+    ref_state = json.loads((reference / "checkpoints" / final / "trainer_state.json").read_text())
+    got_state = json.loads((run_dir / "checkpoints" / final / "trainer_state.json").read_text())
+    for key in ("step", "weight_version", "sas_store", "cursor"):
+        assert got_state[key] == ref_state[key], key
+    ref_w, got_w = _weights(reference / "checkpoints" / final), _weights(run_dir / "checkpoints" / final)
+    assert ref_w.keys() == got_w.keys() and any(k.startswith("optimizer") for k in ref_w)
+    differ = [k for k in ref_w if not torch.equal(ref_w[k], got_w[k])]
+    assert not differ, f"weights / optimizer state differ from the uninterrupted run: {differ[:5]}"
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the killed save's leftovers are gone
+
+
+def test_megatron_checkpoint_as_initial_policy(setup, reference):
+    """Pretrain/SFT -> RL without an HF round trip: model.init_checkpoint loads a torch_dist checkpoint's
+    weights. With lr 1e-30 the one RL step cannot move a float32 weight, so the new run's checkpoint holds
+    exactly the weights it started from: the reference run's last ones, not hf_path's."""
+    import torch
+
+    src = reference / "checkpoints" / f"step_{STEPS:08d}"
+    run_dir = setup["root"] / "from_megatron"
+    proc = _run(_args(setup, run_dir, "steps=1", f"model.init_checkpoint={src}", "optim.lr=1e-30"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "initial policy weights loaded from" in proc.stderr
+    start, got = _weights(src), _weights(run_dir / "checkpoints" / "step_00000001")
+    names = [k for k in start if not k.startswith("optimizer") and "_extra_state" not in k]
+    assert names and all(torch.allclose(got[k], start[k], rtol=0, atol=1e-20) for k in names)
+
+    bad = _run(_args(setup, setup["root"] / "bad_init", "steps=1", f"model.init_checkpoint={setup['model']}"))
+    assert bad.returncode == 1 and "is not a megatron torch_dist checkpoint" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,92 @@
+"""DCPO vs GRPO vs DAPO (and GSPO on request) on the CPU demo task: same pretrained start, same seed,
+same steps and prompts per step; prints one table.
+
+    .venv/bin/python tools/compare_algos.py [--steps 150] [--seed 1] [--algos dcpo,grpo,dapo] [--root runs/compare]
+
+The pretrained start is made once (the demo's stages 1-3), then each algorithm runs as its own
+``dcpo-train`` process from that checkpoint. "Same rollout budget" here means the same training steps
+and prompts per step; DAPO's dynamic sampling generates more responses than that to fill its batches,
+and the table reports every response each method generated, so the extra cost is visible.
+
+Columns: held-out greedy accuracy (SGLang) at the start and the end, mean TCR (token clipping ratio),
+mean RUR (non-zero advantage ratio), responses generated, and wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/demo_cpu.yaml")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--algos", default="dcpo,grpo,dapo")
+    p.add_argument("--root", default="runs/compare")
+    p.add_argument("--eval-interval", type=int, default=25)
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    args = p.parse_args(argv)
+
+    from dcpo_mcore.config import load_config
+    from dcpo_mcore.demo.run import DemoOptions, prepare_pretrained
+
+    root = Path(args.root)
+    base = [f"seed={args.seed}", f"steps={args.steps}", f"eval_interval={args.eval_interval}",
+            "checkpoint.save_interval=0", "checkpoint.resume=never", *args.overrides]
+    cfg = load_config(args.config, [*base, f"run_dir={root / 'pretrain'}"])
+    pre = prepare_pretrained(cfg, DemoOptions(), lambda m: print(f"[compare] {m}", flush=True))
+
+    rows = []
+    for algo in args.algos.split(","):
+        run_dir = root / algo
+        cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *base, *pre.rl_overrides(),
+               f"algo.name={algo}", f"run_dir={run_dir}"]
+        print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO)
+        if proc.returncode != 0:
+            print(f"[compare] {algo} failed with exit code {proc.returncode}; see {run_dir}", file=sys.stderr)
+            return 1
+        rows.append(summarise(algo, run_dir, time.perf_counter() - t0))
+    table = format_table(rows, args, pre.result.final_accuracy)
+    print(table)
+    (root / "compare.md").write_text(table)
+    (root / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def summarise(algo: str, run_dir: Path, seconds: float) -> dict:
+    from dcpo_mcore.metrics import read_metrics
+
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if "clip/token_clip_ratio" in r]
+    evals = [(r["step"], v) for r in rows for k, v in r.items() if k.startswith("eval/") and k.endswith("/avg@1")]
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in train) / len(train)
+
+    return {"algo": algo, "start_acc": evals[0][1], "end_acc": evals[-1][1], "best_acc": max(v for _, v in evals),
+            "tcr_mean": mean("clip/token_clip_ratio"), "rur_mean": mean("adv/nonzero_ratio"),
+            "responses": sum(r["rollout/generated_responses"] for r in train), "steps": len(train),
+            "minutes": seconds / 60}
+
+
+def format_table(rows: list[dict], args, pretrained_acc: float) -> str:
+    head = (f"seed {args.seed}, {args.steps} steps, pretrained start {100 * pretrained_acc:.1f}% (engine greedy)\n\n"
+            "| algo | held-out start | held-out end | best | mean TCR | mean RUR | responses generated | minutes |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['algo']} | {100 * r['start_acc']:.1f}% | {100 * r['end_acc']:.1f}% | {100 * r['best_acc']:.1f}% | "
+        f"{r['tcr_mean']:.5f} | {r['rur_mean']:.3f} | {int(r['responses'])} | {r['minutes']:.1f} |\n" for r in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -141,13 +141,15 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
     path = resolve_checkpoint_dir(directory)
     state = _model_sharded_state_dict(chunks)
     try:
-        loaded, missing, unexpected = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
+        # megatron's names, from the checkpoint's side: "missing" = in the checkpoint but not asked for,
+        # "unexpected" = asked for but not in the checkpoint
+        loaded, in_ckpt_only, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
     except CheckpointingException as exc:  # e.g. a shape that does not match this model
         raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0][:300]}") from None
-    if missing:
-        raise ValueError(f"{path} lacks {len(missing)} tensor(s) of this model, e.g. {sorted(missing)[:3]}; is it a "
+    if absent:
+        raise ValueError(f"{path} lacks {len(absent)} tensor(s) of this model, e.g. {sorted(absent)[:3]}; is it a "
                          "checkpoint of this architecture (layers, GQA groups, tied embeddings)?")
-    extra = sorted(k for k in unexpected if not k.startswith(("optimizer", "rng_state", "rerun_state")))
+    extra = sorted(k for k in in_ckpt_only if not k.startswith(("optimizer", "rng_state", "rerun_state")))
     extra = [k for k in extra if "." in k]  # model tensors have dotted names; top-level scalars do not
     if extra:
         raise ValueError(f"{path} has {len(extra)} model tensor(s) this model does not, e.g. {extra[:3]}; is it a "

@@ -218,3 +218,46 @@ def test_megatron_checkpoint_as_initial_policy(setup, reference):
     bad = _run(_args(setup, setup["root"] / "bad_init", "steps=1", f"model.init_checkpoint={setup['model']}"))
     assert bad.returncode == 1 and "is not a megatron torch_dist checkpoint" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("variant,message", [
+    ({"tie_word_embeddings": True}, "model tensor(s) this model does not"),  # the checkpoint has an output layer
+    ({"num_layers": 3}, "does not fit this model"),  # stacked layer tensors of another shape
+])
+def test_init_checkpoint_of_another_architecture_is_refused(setup, reference, variant, message):
+    from dcpo_mcore.hf.tiny import make_tiny_hf_model
+
+    other = make_tiny_hf_model("qwen2", setup["root"] / f"model_{'_'.join(variant)}", seed=5, **variant)
+    src = reference / "checkpoints" / f"step_{STEPS:08d}"
+    args = [a if not a.startswith("model.hf_path=") else f"model.hf_path={other}" for a in _args(setup, setup["root"] / "x")]
+    proc = _run([*args, "steps=1", f"model.init_checkpoint={src}", "checkpoint.resume=never"])
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_at_another_layout_tp2(setup, reference):
+    """Resume the single-rank reference run's step-1 checkpoint on 2 ranks at TP2 (dist_checkpointing
+    reshards model and optimizer), replaying the same rollouts: the next steps agree with the
+    uninterrupted TP1 run up to float rounding (the TP split changes summation order)."""
+    import shutil
+
+    run_dir = setup["root"] / "resumed_tp2"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(reference / "checkpoints" / "step_00000001", run_dir / "checkpoints" / "step_00000001")
+    shutil.copy(reference / "metrics.jsonl", run_dir / "metrics.jsonl")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "tests/dist/kill_trainer.py"), "--replay", str(setup["root"] / "rollouts"), "--",
+           *_args(setup, run_dir, "parallel.tensor_model_parallel_size=2")]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=600)
+        log.seek(0)
+        out = log.read()
+    assert proc.returncode == 0, out[-4000:]
+    assert "resuming at step 1" in out and "saved by 1 ranks and is loaded by 2" in out
+    ref, got = _metrics(reference), _metrics(run_dir)
+    assert sorted(got) == [1, 2, 3]
+    for s in (2, 3):
+        for key in ("reward/mean", "adv/nonzero_ratio", "rollout/response_length_mean", "optim/updates"):
+            assert got[s][key] == ref[s][key], (s, key)
+        for key in ("loss/policy", "loss/grad_norm", "actor/entropy", "mismatch/logprob_abs_mean"):
+            assert got[s][key] == pytest.approx(ref[s][key], rel=1e-3, abs=1e-5), (s, key, got[s][key], ref[s][key])

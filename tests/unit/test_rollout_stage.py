@@ -1,0 +1,114 @@
+"""RolloutStage's client-side logic with a scripted client and grader (fast; the real path, against SGLang,
+is tests/integration/test_trainer.py and the demo): DAPO over-generation and its accounting, the
+max_gen_batches error, and regeneration of groups sampled with stale weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from dcpo_mcore.rollout import SamplingParams
+from dcpo_mcore.rollout.types import GenerateResponse
+from dcpo_mcore.train.rollout_stage import RolloutSettings, RolloutStage, RolloutStepError
+
+
+@dataclass
+class Rec:
+    key: str
+    prompt_ids: tuple
+    ground_truth: str
+
+
+@dataclass
+class Grade:
+    reward: float
+    correct: bool
+    has_box: bool
+
+
+class ScriptedClient:
+    """Answers prompt ``p<i>`` with text "right" for the samples listed in ``right[i]``, else "wrong";
+    ``versions`` says which weight version each call reports."""
+
+    def __init__(self, right: dict[str, set[int]], versions: list[str]):
+        self.right, self.versions, self.calls = right, versions, []
+
+    def generate_sync(self, prompts, sampling, *, n, step):
+        version = self.versions[min(len(self.calls), len(self.versions) - 1)]
+        self.calls.append(([p.key for p in prompts], step))
+        return [[GenerateResponse(output_ids=[5, 6], output_logprobs=[-0.1, -0.2], weight_version=version,
+                                  text="right" if j in self.right.get(p.key, set()) else "wrong") for j in range(n)]
+                for p in prompts]
+
+
+class Pool:
+    def grade_batch(self, items):
+        return [Grade(1.0 if text == "right" else 0.0, text == "right", True) for text, _ in items]
+
+
+class FakeSync:
+    def __init__(self, version: str):
+        self.version, self.pushes = version, 0
+
+    def push(self, version):
+        self.pushes += 1
+
+
+def _stage(client, *, dynamic: bool, prompts_per_step=2, max_gen_batches=3, version="7"):
+    records = [Rec(f"p{i}", (1, 2, i), "x") for i in range(20)]
+    order = iter(range(0, 20, prompts_per_step))
+
+    def next_prompts():
+        start = next(order)
+        return records[start:start + prompts_per_step]
+
+    settings = RolloutSettings(prompts_per_step=prompts_per_step, group_size=4, sampling=SamplingParams(),
+                               max_new_tokens=8, dynamic_sampling=dynamic, max_gen_batches=max_gen_batches)
+    sync = FakeSync(version)
+    return RolloutStage(settings, sync, client=client, pool=Pool(), tokenizer=None, next_prompts=next_prompts,
+                        cursor_state=lambda: {"pos": 1}), sync
+
+
+def test_plain_rollout_keeps_every_group_in_order():
+    client = ScriptedClient({"p0": {0}}, ["7"])
+    stage, _ = _stage(client, dynamic=False)
+    batch = stage.collect(step=3)
+    assert batch.keys == ["p0"] * 4 + ["p1"] * 4 and batch.rewards == [1.0, 0, 0, 0] + [0.0] * 4
+    assert batch.generated_responses == 8 and batch.generation_rounds == 1 and client.calls == [(["p0", "p1"], 3)]
+    assert batch.sampler_logprobs[0] == [-0.1, -0.2] and batch.cursor_state == {"pos": 1}
+    assert batch.group_records == [] and batch.group_versions == []  # rank-0 bookkeeping is not broadcast
+
+
+def test_dapo_over_generates_until_enough_mixed_groups_and_counts_everything():
+    # mixed groups: p1 (round 1), p4 (round 3) and p5 (round 3); p0, p2, p3 are all-wrong / all-right
+    right = {"p1": {0, 1}, "p3": {0, 1, 2, 3}, "p4": {2}, "p5": {3}}
+    client = ScriptedClient(right, ["7"])
+    stage, _ = _stage(client, dynamic=True)
+    batch = stage.collect(step=5)
+    assert batch.keys[::4] == ["p1", "p4"]  # exactly prompts_per_step groups, first come first kept
+    assert batch.generation_rounds == 3 and batch.generated_responses == 3 * 2 * 4
+    # every round draws its own sampling seeds: round 0 uses the step, later rounds their own step ids
+    assert [s for _, s in client.calls][0] == 5 and len({s for _, s in client.calls}) == 3
+
+
+def test_dapo_gives_up_with_a_clear_error_after_max_gen_batches():
+    stage, _ = _stage(ScriptedClient({}, ["7"]), dynamic=True, max_gen_batches=2)
+    with pytest.raises(RolloutStepError, match="max_gen_batches=2"):
+        stage.collect(step=1)
+
+
+def test_groups_from_stale_weights_are_pushed_again_and_regenerated():
+    # the first call answers with version "6" (a restarted server), the regeneration with "7"
+    client = ScriptedClient({"p0": {1}}, ["6", "7"])
+    stage, sync = _stage(client, dynamic=False)
+    batch = stage.collect(step=2)
+    assert sync.pushes == 1 and batch.stale_regenerated == 2
+    assert client.calls == [(["p0", "p1"], 2), (["p0", "p1"], 2)]
+    assert batch.keys == ["p0"] * 4 + ["p1"] * 4 and batch.generated_responses == 16
+
+
+def test_servers_that_stay_stale_stop_the_step():
+    stage, sync = _stage(ScriptedClient({}, ["6"]), dynamic=False)
+    with pytest.raises(RolloutStepError, match="stale weights"):
+        stage.collect(step=1)
+    assert sync.pushes == 3

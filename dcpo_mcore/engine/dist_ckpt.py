@@ -137,6 +137,7 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
     """
     from megatron.core.dist_checkpointing.core import CheckpointingException
     from megatron.core.dist_checkpointing.validation import StrictHandling
+    from torch.distributed.checkpoint.api import CheckpointException
 
     path = resolve_checkpoint_dir(directory)
     state = _model_sharded_state_dict(chunks)
@@ -144,8 +145,8 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
         # megatron's names, from the checkpoint's side: "missing" = in the checkpoint but not asked for,
         # "unexpected" = asked for but not in the checkpoint
         loaded, in_ckpt_only, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
-    except CheckpointingException as exc:  # e.g. a shape that does not match this model
-        raise ValueError(f"{path} does not fit this model: {str(exc).splitlines()[0][:300]}") from None
+    except (CheckpointingException, CheckpointException) as exc:  # e.g. a shape that does not match this model
+        raise ValueError(f"{path} does not fit this model: {_cause_line(exc)}") from None
     if absent:
         raise ValueError(f"{path} lacks {len(absent)} tensor(s) of this model, e.g. {sorted(absent)[:3]}; is it a "
                          "checkpoint of this architecture (layers, GQA groups, tied embeddings)?")
@@ -157,6 +158,15 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
     for key, chunk in zip(_model_keys(chunks), chunks):
         chunk.module.load_state_dict(loaded[key], strict=True)
     return path
+
+
+def _cause_line(exc: BaseException) -> str:
+    """The informative line of a (possibly per-rank wrapped) checkpoint error, e.g. the shape mismatch."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "mismatch" in ln or "CheckpointingException:" in ln:
+            return ln.split("CheckpointingException:")[-1].strip()[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _all_reduce_max(t: torch.Tensor) -> None:

@@ -90,6 +90,10 @@ class LaunchSpec:
         if self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         self.extra_args = [str(a) for a in self.extra_args]
+        # The servers run in their own working directory (the run's log dir): a relative local path would
+        # point elsewhere there, and a hub-style name is all SGLang would make of it.
+        if Path(self.model_path).exists():
+            self.model_path = str(Path(self.model_path).resolve())
         self.router_extra_args = [str(a) for a in self.router_extra_args]
 
     @property

@@ -232,3 +232,12 @@ def test_from_config_maps_the_rollout_section(tmp_path):
     attached = ServerManager.from_config(SimpleNamespace(server_urls=["h:1"]), "/m", tmp_path)
     assert not attached.owned and attached.worker_urls == ["http://h:1"]
 
+
+
+def test_a_relative_local_model_path_is_made_absolute(tmp_path, monkeypatch):
+    """Servers run in the run's log directory, where a relative path would point elsewhere (and SGLang
+    would take it for a hub name)."""
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert LaunchSpec(model_path="model").model_path == str(tmp_path / "model")
+    assert LaunchSpec(model_path="org/name").model_path == "org/name"  # not a local path: left alone

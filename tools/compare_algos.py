@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                f"algo.name={algo}", f"run_dir={run_dir}"]
         print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO)
+        proc = subprocess.run(cmd, cwd=REPO, env=_fresh_env())
         if proc.returncode != 0:
             print(f"[compare] {algo} failed with exit code {proc.returncode}; see {run_dir}", file=sys.stderr)
             return 1
@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     (root / "compare.md").write_text(table)
     (root / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _fresh_env() -> dict:
+    """This process's environment without the world-of-1 variables its own pretraining set: a child
+    inheriting MASTER_PORT would try to listen on the port this process's store still holds."""
+    import os
+
+    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def summarise(algo: str, run_dir: Path, seconds: float) -> dict:

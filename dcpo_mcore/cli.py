@@ -28,8 +28,20 @@ def _cpu_allocator_env() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (scancel, a job scheduler, `kill`) unwinds like Ctrl-C: the trainer's teardown then stops
+    the SGLang servers and grader workers it started, instead of leaving them running as orphans."""
+    import signal
+
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     _cpu_allocator_env()
+    _exit_cleanly_on_sigterm()
     args = _train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lines dump whole configs per build
@@ -63,6 +75,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     from dcpo_mcore.demo.run import DemoOptions
 
     _cpu_allocator_env()
+    _exit_cleanly_on_sigterm()
     defaults = DemoOptions()
     p = argparse.ArgumentParser(prog="dcpo-demo", description="The CPU demo, end to end, in RUN_DIR (run_dir=...).")
     p.add_argument("--config", default="configs/demo_cpu.yaml", help="YAML config (default: the CPU demo's)")

@@ -27,6 +27,9 @@ from .update_stage import UpdateSettings
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# While rank 0 rolls out or evaluates (tens of minutes at production scale: 512 x 16 samples of up to 3072
+# tokens), the other ranks wait in a broadcast; the default 10-minute collective timeout would kill them.
+COLLECTIVE_TIMEOUT_S = 4 * 3600
 
 
 @dataclass
@@ -100,7 +103,10 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     from dcpo_mcore.rollout import SamplingParams
     from dcpo_mcore.sync import WeightSync, settings_from_config
 
+    from dcpo_mcore.engine.parallel import init_distributed
+
     comm.default_single_process_env()
+    init_distributed(timeout_s=COLLECTIVE_TIMEOUT_S)  # before the engine, which would use the default
     closers: list = []
     try:
         hf_path = _require_hf_path(cfg)

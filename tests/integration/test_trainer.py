@@ -261,3 +261,32 @@ def test_resume_at_another_layout_tp2(setup, reference):
             assert got[s][key] == ref[s][key], (s, key)
         for key in ("loss/policy", "loss/grad_norm", "actor/entropy", "mismatch/logprob_abs_mean"):
             assert got[s][key] == pytest.approx(ref[s][key], rel=1e-3, abs=1e-5), (s, key, got[s][key], ref[s][key])
+
+
+def test_sigterm_tears_down_the_servers_the_trainer_started(setup, tmp_path):
+    """scancel / kill send SIGTERM: the trainer must stop the SGLang server it launched, not orphan it."""
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "owned"
+    args = [a for a in _args(setup, run_dir, "steps=50") if not a.startswith(("rollout.server_urls", "rollout.num_servers"))]
+    with open(tmp_path / "log", "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dcpo_mcore.cli", *args, "rollout.num_servers=1"], cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and "step 1/50" not in (tmp_path / "log").read_text():
+            assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
+            time.sleep(1)
+        text = (tmp_path / "log").read_text()
+        server_pid = int(text.split("SGLang ready: server_0=")[1].split("(pid ")[1].split(")")[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    for _ in range(60):
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail(f"SGLang server {server_pid} outlived the SIGTERMed trainer")

@@ -37,7 +37,7 @@ def train(cfg: TrainConfig) -> dict:
             batch = t.rollout.collect(step)
             t.cursor.load_state_dict(batch.cursor_state)  # rank 0's cursor, on every rank
             t1 = time.perf_counter()
-            metrics = update_policy(t.engine, batch, t.store, t.update)
+            metrics = update_policy(t.engine, batch, t.store, t.update, t.ref_engine)
             t2 = time.perf_counter()
             metrics.update(t.sync.push(str(step)))
             if t.eval_due(step):

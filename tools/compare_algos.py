@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", default="dcpo,grpo,dapo")
     p.add_argument("--root", default="runs/compare")
     p.add_argument("--eval-interval", type=int, default=25)
+    p.add_argument("--reuse", action="store_true", help="keep ROOT/pretrain and any finished algorithm run in "
+                   "ROOT (same arguments assumed); run only what is missing")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = p.parse_args(argv)
 
@@ -42,11 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     base = [f"seed={args.seed}", f"steps={args.steps}", f"eval_interval={args.eval_interval}",
             "checkpoint.save_interval=0", "checkpoint.resume=never", *args.overrides]
     cfg = load_config(args.config, [*base, f"run_dir={root / 'pretrain'}"])
-    pre = prepare_pretrained(cfg, DemoOptions(), lambda m: print(f"[compare] {m}", flush=True))
+    pre = _reuse_pretrained(cfg) if args.reuse else None
+    if pre is None:
+        pre = prepare_pretrained(cfg, DemoOptions(), lambda m: print(f"[compare] {m}", flush=True))
+        (root / "pretrain" / "pretrain_summary.json").write_text(json.dumps({"final_accuracy": pre.result.final_accuracy}))
 
     rows = []
     for algo in args.algos.split(","):
         run_dir = root / algo
+        if args.reuse and _finished(run_dir, args.steps):
+            print(f"[compare] {algo}: reusing the finished run in {run_dir}", flush=True)
+            rows.append(summarise(algo, run_dir, _recorded_seconds(run_dir)))
+            continue
         cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *base, *pre.rl_overrides(),
                f"algo.name={algo}", f"run_dir={run_dir}"]
         print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
@@ -61,6 +70,35 @@ def main(argv: list[str] | None = None) -> int:
     (root / "compare.md").write_text(table)
     (root / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _reuse_pretrained(cfg):
+    """The Pretrained of an earlier call in the same root, if its checkpoint is complete."""
+    from dcpo_mcore.demo.run import Pretrained
+
+    run = Path(cfg.run_dir)
+    summary = run / "pretrain_summary.json"
+    if not (run / "model_pretrained" / "model.safetensors").exists() or not summary.exists():
+        return None
+    info = json.loads(summary.read_text())
+    result = type("Result", (), {"final_accuracy": info["final_accuracy"]})()
+    return Pretrained(run / "model_init", run / "model_pretrained", run / "data" / "train.parquet",
+                      run / "data" / "eval.parquet", [], [], result)
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    from dcpo_mcore.metrics import read_metrics
+
+    try:
+        return any(r.get("step") == steps and "clip/token_clip_ratio" in r for r in read_metrics(run_dir))
+    except Exception:  # noqa: BLE001 - no or unreadable metrics: not finished
+        return False
+
+
+def _recorded_seconds(run_dir: Path) -> float:
+    from dcpo_mcore.metrics import read_metrics
+
+    return sum(r.get("timing/step_seconds", 0.0) for r in read_metrics(run_dir))
 
 
 def _fresh_env() -> dict:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -47,6 +47,7 @@ class Trainer:
     start_step: int = 0
     sinks: Any = None  # rank 0
     evaluate: Callable[[int], dict] | None = None  # rank 0; step -> eval metrics
+    ref_engine: Any = None  # frozen initial policy, only for a loss with a KL term
     resumed_from: str | None = None
     _preempt_flag: list = field(default_factory=lambda: [False])
     _close: list = field(default_factory=list)  # callbacks, run in reverse order
@@ -127,6 +128,13 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
             temperature=cfg.rollout.temperature, seed=cfg.seed,
             dropout=max(cfg.model.attention_dropout, cfg.model.hidden_dropout))
         engine = PolicyEngine.from_hf(hf_path, settings, parts.loss)
+        ref_engine = None
+        if parts.loss.kl_coef > 0:  # the KL anchor is the initial policy, whatever a resume loads into `engine`
+            ref_engine = PolicyEngine.from_hf(hf_path, replace(settings, trainable=False))
+            if cfg.model.init_checkpoint:
+                from dcpo_mcore.engine.policy import load_initial_weights
+
+                load_initial_weights(ref_engine, cfg.model.init_checkpoint)
         cursor = _make_cursor(cfg, len(train_set))
         store = PromptStatsStore()
         ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep_last)
@@ -151,7 +159,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         update = UpdateSettings(parts.spec.estimator, parts.estimator_params, cfg.algo.mini_batch_prompts,
                                 cfg.algo.ppo_epochs)
         trainer = Trainer(cfg, engine, sync, rollout, update, store, cursor, ckpt, start_step=start_step,
-                          resumed_from=resumed, _close=closers)
+                          resumed_from=resumed, ref_engine=ref_engine, _close=closers)
         # The servers booted with the checkpoint's weights, not necessarily ours (resume, init_checkpoint),
         # so the first push happens before any rollout; it also verifies log-prob parity.
         first = sync.push(str(start_step))

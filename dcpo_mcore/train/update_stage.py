@@ -38,8 +38,11 @@ class UpdateSettings:
     mismatch_bound: float = 0.05  # mean |trainer - sampler| log-prob per token
 
 
-def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings) -> dict[str, float]:
-    """Advantages -> old log-probs -> ``ppo_epochs`` x mini-batch optimizer steps. Collective."""
+def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, ref_engine=None) -> dict[str, float]:
+    """Advantages -> old (and reference) log-probs -> ``ppo_epochs`` x mini-batch optimizer steps. Collective.
+
+    ``ref_engine``: the frozen initial policy, for losses with a KL term (GRPO's low_var_kl); None otherwise.
+    """
     G = batch.group_size
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)
     adv = compute_advantages(settings.estimator, rewards, batch.keys, settings.estimator_params,
@@ -49,6 +52,9 @@ def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings) 
     old = engine.compute_logprobs(samples)
     for s, lp in zip(samples, old.logprobs):
         s.old_logprobs = lp
+    if ref_engine is not None:
+        for s, lp in zip(samples, ref_engine.compute_logprobs(samples).logprobs):
+            s.ref_logprobs = lp
     metrics = {**_rollout_metrics(batch, adv), **_mismatch_metrics(batch, old.logprobs, settings.mismatch_bound)}
 
     rows = settings.mini_batch_prompts * G
@@ -113,6 +119,7 @@ def _update_metrics(steps: list[dict[str, float]]) -> dict[str, float]:
     out.update({
         "loss/policy": sum(s["loss/policy"] for s in steps) / len(steps),
         "loss/total": sum(s["loss/total"] for s in steps) / len(steps),
+        "loss/kl": sum(s["loss/kl"] for s in steps) / len(steps),
         "loss/grad_norm": sum(s["loss/grad_norm"] for s in steps) / len(steps),
         "loss/grad_norm_max": max(s["loss/grad_norm"] for s in steps),
         "optim/lr": steps[-1]["optim/lr"],

@@ -65,7 +65,7 @@ def install_kill(point: str, step: int) -> None:
 
         orig_update = update_stage.update_policy
 
-        def update_policy(engine, batch, store, settings):
+        def update_policy(engine, batch, store, settings, *rest):
             if batch.cursor_state is not None and _current_step[0] == step:
                 orig_train = engine.train_step
 
@@ -74,7 +74,7 @@ def install_kill(point: str, step: int) -> None:
                     return orig_train(samples, **kw)
 
                 engine.train_step = train_step
-            return orig_update(engine, batch, store, settings)
+            return orig_update(engine, batch, store, settings, *rest)
 
         import dcpo_mcore.trainer as trainer_mod
 

@@ -290,3 +290,14 @@ def test_sigterm_tears_down_the_servers_the_trainer_started(setup, tmp_path):
         time.sleep(1)
     os.kill(server_pid, signal.SIGKILL)
     pytest.fail(f"SGLang server {server_pid} outlived the SIGTERMed trainer")
+
+
+def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):
+    """GRPO's default loss has a low_var_kl term (kl_coef 0.001): the trainer builds a frozen reference
+    engine from the initial weights; the KL is 0 while the policy is the reference and grows after updates."""
+    run_dir = setup["root"] / "grpo"
+    proc = _run(_args(setup, run_dir, "algo.name=grpo", "steps=2"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = _metrics(run_dir)
+    assert rows[1]["loss/kl"] >= 0.0 and rows[2]["loss/kl"] > 0.0
+    assert rows[2]["invariant/first_update_ratio_is_one"] == 1.0

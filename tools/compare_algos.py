@@ -106,8 +106,9 @@ def _fresh_env() -> dict:
     inheriting MASTER_PORT would try to listen on the port this process's store still holds."""
     import os
 
-    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    from dcpo_mcore.world_env import WORLD_ENV_KEYS
+
+    return {k: v for k, v in os.environ.items() if k not in WORLD_ENV_KEYS}
 
 
 def summarise(algo: str, run_dir: Path, seconds: float) -> dict:

@@ -26,9 +26,7 @@ Evaluation runs on global rank 0; the stop decision is broadcast so all ranks st
 """
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from dcpo_mcore.data import PromptCursor
 from dcpo_mcore.engine.batching import BatchSettings, PolicySample
 from dcpo_mcore.engine.layout import ParallelLayout, Precision
 from dcpo_mcore.engine.optimizer import OptimSettings
+from dcpo_mcore.world_env import single_process_env_defaults
 
 from .greedy import HfMirror, greedy_accuracy
 
@@ -111,23 +110,6 @@ def records_from_files(tokenizer, files) -> list:
     from dcpo_mcore.data import load_prompt_dataset
 
     return list(load_prompt_dataset(files, tokenizer, chat_template="none").records)
-
-
-def _ensure_world(seed_port: int | None = None) -> None:
-    """Env defaults for a world of one, unless a launcher (torchrun, srun, the test launcher) set them.
-
-    torch.distributed itself is initialised by the engine (engine/parallel.py) from these variables.
-    """
-    if "WORLD_SIZE" in os.environ and "MASTER_PORT" in os.environ:
-        return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", seed_port or 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
 def engine_settings(s: PretrainSettings):
@@ -205,7 +187,7 @@ class _Run:
         from dcpo_mcore.reward import get_verifier
 
         self.source, self.s, self.train_records, self.eval_records = source, s, train_records, eval_records
-        _ensure_world()
+        single_process_env_defaults()
         self.engine = PolicyEngine.from_hf(source, engine_settings(s), NLL_LOSS)
         self.rank0 = comm.rank() == 0
         self.say = log if (log is not None and self.rank0) else (lambda _msg: None)

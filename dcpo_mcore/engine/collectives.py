@@ -6,8 +6,6 @@ rollout batch) and keeps every rank's algorithm state (SAS store, cursor) bit-id
 """
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 import torch
@@ -48,14 +46,3 @@ def _device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def default_single_process_env() -> None:
-    """Let one plain ``dcpo-train`` process form a world of 1 (torchrun/srun set these themselves)."""
-    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
-        return
-    with socket.socket() as s:  # a free port for the default group's TCP store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})

@@ -20,6 +20,7 @@ import torch
 from dcpo_mcore.algo import PromptStatsStore
 from dcpo_mcore.algo_setup import build_algorithm
 from dcpo_mcore.config import TrainConfig
+from dcpo_mcore.world_env import single_process_env_defaults
 
 from dcpo_mcore.engine import collectives as comm
 from .rollout_stage import RolloutSettings, RolloutStage
@@ -106,7 +107,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
 
     from dcpo_mcore.engine.parallel import init_distributed
 
-    comm.default_single_process_env()
+    single_process_env_defaults()
     init_distributed(timeout_s=COLLECTIVE_TIMEOUT_S)  # before the engine, which would use the default
     closers: list = []
     try:

@@ -137,7 +137,7 @@ def test_demo_matches_calibration():
     assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups) == (3, 128, 4, 2)
     assert (cfg.rollout.prompts_per_step, cfg.rollout.n_samples_per_prompt) == (32, 8)
     assert cfg.rollout.prompts_per_step // cfg.algo.mini_batch_prompts == 2
-    assert cfg.optim.lr == 1e-4 and cfg.run_dir == "runs/demo_cpu"
+    assert cfg.optim.lr == 2e-4 and cfg.run_dir == "runs/demo_cpu"
     assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.ratio_cap) == (0.16, 0.2, 10.0)
     tiny = load_config(TINY).model
     assert (tiny.num_layers, tiny.hidden_size) == (2, 64)

@@ -7,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from dcpo_mcore.argparsing import OneLineErrorParser
 from dcpo_mcore.config import ConfigError, load_config, save_resolved_config
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="dcpo-train",
         description="Train a policy with DCPO (or GRPO/DAPO/GSPO). Overrides are dotted key=value pairs, "
         "e.g. algo.name=grpo rollout.n_samples_per_prompt=16.",
@@ -77,7 +78,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     _cpu_allocator_env()
     _exit_cleanly_on_sigterm()
     defaults = DemoOptions()
-    p = argparse.ArgumentParser(prog="dcpo-demo", description="The CPU demo, end to end, in RUN_DIR (run_dir=...).")
+    p = OneLineErrorParser(prog="dcpo-demo", description="The CPU demo, end to end, in RUN_DIR (run_dir=...).")
     p.add_argument("--config", default="configs/demo_cpu.yaml", help="YAML config (default: the CPU demo's)")
     p.add_argument("--n-train", type=int, default=defaults.n_train, help="training questions")
     p.add_argument("--pretrain-target", type=float, default=defaults.pretrain_target,

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .argparsing import OneLineErrorParser
+
 _EPILOG = """examples:
   dcpo-eval --model Qwen2.5-Math-7B --data data/math500.parquet data/aime_2024.parquet        # Avg@1, greedy
   dcpo-eval --model Qwen2.5-Math-7B --data data/aime_2024.parquet --sample                    # Avg@32
@@ -31,14 +33,8 @@ class EvalInputError(Exception):
     """A problem with the command line or its files; exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, exit 2, like ours
-        print(f"dcpo-eval: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dcpo-eval", description="Evaluate a model's Avg@1 (greedy) or Avg@k (T=1.0, top_p=1.0) "
+    p = OneLineErrorParser(prog="dcpo-eval", description="Evaluate a model's Avg@1 (greedy) or Avg@k (T=1.0, top_p=1.0) "
                 "on DCPO-layout .parquet/.jsonl files through SGLang, graded by the math verifier.",
                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("model and servers (give --model, --server-url, or both)")

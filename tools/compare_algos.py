@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for algo in args.algos.split(","):
         run_dir = root / algo
-        if args.reuse and _finished(run_dir, args.steps):
+        overrides = [*base, *pre.rl_overrides(), f"algo.name={algo}", f"run_dir={run_dir}"]
+        if args.reuse and _finished(run_dir, args.steps, load_config(args.config, overrides)):
             print(f"[compare] {algo}: reusing the finished run in {run_dir}", flush=True)
             rows.append(summarise(algo, run_dir, _recorded_seconds(run_dir)))
             continue
-        cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *base, *pre.rl_overrides(),
-               f"algo.name={algo}", f"run_dir={run_dir}"]
+        cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *overrides]
         print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=_fresh_env())
@@ -86,13 +86,33 @@ def _reuse_pretrained(cfg):
                       run / "data" / "eval.parquet", [], [], result)
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
+def _finished(run_dir: Path, steps: int, expected) -> bool:
+    """True if run_dir holds a completed run of exactly the config this call would run. A run made with
+    other settings (say, before the demo's lr changed) is run again, never silently compared."""
+    from dcpo_mcore.config import config_to_dict, load_config
     from dcpo_mcore.metrics import read_metrics
 
     try:
-        return any(r.get("step") == steps and "clip/token_clip_ratio" in r for r in read_metrics(run_dir))
-    except Exception:  # noqa: BLE001 - no or unreadable metrics: not finished
+        done = any(r.get("step") == steps and "clip/token_clip_ratio" in r for r in read_metrics(run_dir))
+        recorded = config_to_dict(load_config(run_dir / "config.yaml"))
+    except Exception:  # noqa: BLE001 - no or unreadable metrics/config: not finished
         return False
+    changed = _differing_keys(recorded, config_to_dict(expected))
+    if done and changed:
+        print(f"[compare] {run_dir}: settings differ from this call ({', '.join(changed[:5])}); running it again",
+              flush=True)
+    return done and not changed
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _differing_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
 
 
 def _recorded_seconds(run_dir: Path) -> float:

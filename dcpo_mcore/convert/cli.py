@@ -9,19 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argparsing import OneLineErrorParser
+
 _EPILOG = """examples:
   dcpo-convert hf-to-mcore --hf Qwen2.5-7B --out ckpt/qwen7b --tp 2 --pp 2 --verify --check-logprobs
   dcpo-convert mcore-to-hf --ckpt ckpt/qwen7b --out export/qwen7b --tp 1 --pp 1
   dcpo-convert check-logprobs --ckpt ckpt/qwen7b --hf Qwen2.5-7B
 ranks: TP*PP local worker processes are started automatically (gloo on CPU, nccl on GPU); under
 torchrun/srun (RANK and WORLD_SIZE set) every launched process is one rank instead."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, exit 2, like ours
-        print(f"dcpo-convert: error: {message} (see {self.prog} --help)",
-              file=sys.stderr)
-        raise SystemExit(2)
 
 
 def _layout_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -43,10 +38,10 @@ def _lp_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    root = _Parser(prog="dcpo-convert", description="Convert checkpoints between Hugging Face and "
+    root = OneLineErrorParser(prog="dcpo-convert", description="Convert checkpoints between Hugging Face and "
                    "megatron-core distributed (torch_dist) format.", epilog=_EPILOG,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = root.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = root.add_subparsers(dest="cmd", required=True, parser_class=OneLineErrorParser)
     a = sub.add_parser("hf-to-mcore", help="HF safetensors -> Megatron torch_dist checkpoint")
     a.add_argument("--hf", required=True, help="HF checkpoint directory (config.json + *.safetensors)")
     a.add_argument("--out", required=True, help="checkpoint directory to create (must not exist or be empty)")

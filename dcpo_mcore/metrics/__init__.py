@@ -12,10 +12,11 @@ by the sink or the plot that needs it.
 from .history import METRICS_FILE, MetricsFileError, read_metrics
 from .keys import METRIC_KEYS
 from .progress import ConsoleProgress, format_duration, format_progress_line
-from .sinks import JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, build_sinks
+from .sinks import (JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, build_sinks,
+                    set_aside_previous_record)
 
 __all__ = [
     "METRICS_FILE", "METRIC_KEYS", "ConsoleProgress", "JsonlSink", "MetricSink", "MetricsFileError",
     "MultiSink", "TensorBoardSink", "WandbSink", "build_sinks", "format_duration",
-    "format_progress_line", "read_metrics",
+    "format_progress_line", "read_metrics", "set_aside_previous_record",
 ]

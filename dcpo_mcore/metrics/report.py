@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..argparsing import OneLineErrorParser
 from .history import MetricsFileError, read_metrics
 from .plots import Series, plot_filename, plot_metric
 
@@ -172,14 +173,8 @@ def write_report(runs: list[Run], out: Path) -> Path:
     return md
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, exit 2, like ours
-        print(f"dcpo-report: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dcpo-report", description="Plot and summarise the metrics.jsonl of one or "
+    p = OneLineErrorParser(prog="dcpo-report", description="Plot and summarise the metrics.jsonl of one or "
                 "more dcpo-train run directories (several runs are overlaid, one figure per metric).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory holding metrics.jsonl")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report for one "

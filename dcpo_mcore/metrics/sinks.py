@@ -52,6 +52,20 @@ def _truncate_after(path: Path, resume_from_step: int | None) -> None:
         raise
 
 
+def set_aside_previous_record(run_dir: str | Path) -> Path | None:
+    """Rename an earlier run's ``metrics.jsonl`` to ``metrics.jsonl.<n>.old`` before a fresh (not resumed)
+    run writes into the same directory. Why: appending would interleave two runs' steps in one record,
+    and deleting would lose the earlier run's numbers. Returns the new name, or None if there was none."""
+    path = metrics_path(run_dir)
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    n = 1
+    while (target := path.with_name(f"{path.name}.{n}.old")).exists():
+        n += 1
+    os.replace(path, target)
+    return target
+
+
 class JsonlSink:
     """Appends one JSON line per step to ``RUN_DIR/metrics.jsonl`` (format: see ``history``).
 

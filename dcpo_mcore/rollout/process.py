@@ -8,38 +8,21 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from .guardian import group_members as _group_members
 
 __all__ = ["ManagedProcess", "PORT_IN_USE_MARKERS"]
 
 log = logging.getLogger(__name__)
 
+_GUARDIAN = Path(__file__).with_name("guardian.py")
+
 # What uvicorn / the Rust router print when their port was taken between our pick and their bind.
 PORT_IN_USE_MARKERS = ("address already in use", "errno 98", "addrinuse")
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) PIDs whose process group and session are ``pgid`` (from /proc)."""
-    pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return pids
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            # fields after the ")" closing the command name: state ppid pgrp session ...
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid and int(fields[3]) == pgid:
-                pids.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
 
 
 class ManagedProcess:
@@ -52,12 +35,14 @@ class ManagedProcess:
         self.cmd: list[str] = []
         self.launches = 0
         self._log_offset = 0
+        self._guardian: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def launch(self, cmd: Sequence[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None) -> int:
         """Start ``cmd``; output is appended to the log after a header line. Returns the pid."""
         if self.alive():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self._reap_guardian()  # the previous launch's, if it died on its own
         self.cmd = list(cmd)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as f:
@@ -68,6 +53,11 @@ class ManagedProcess:
             f.flush()
             self.popen = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=dict(env), cwd=cwd, start_new_session=True)
+            # Stops the group if this process is SIGKILLed (guardian.py); its own session, so a signal to
+            # our process group does not take it down with us.
+            self._guardian = subprocess.Popen([sys.executable, "-I", "-S", str(_GUARDIAN), str(self.popen.pid),
+                                               str(os.getpid())], stdout=f, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True)
         self.launches += 1
         return self.popen.pid
 
@@ -92,6 +82,7 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             self.popen.poll()
             if self.popen.returncode is not None and not _group_members(pgid):
+                self._reap_guardian()
                 return
             time.sleep(0.1)
         if self.alive() or _group_members(pgid):
@@ -101,6 +92,7 @@ class ManagedProcess:
             self.popen.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             log.error("%s (pid %s) survived SIGKILL", self.name, pgid)
+        self._reap_guardian()
 
     def kill(self) -> None:
         """SIGKILL the whole group at once (what a crash looks like); reaps the leader."""
@@ -110,6 +102,16 @@ class ManagedProcess:
                 self.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
+            self._reap_guardian()
+
+    def _reap_guardian(self) -> None:
+        """We stopped the group ourselves, so its guardian has nothing left to do: end and reap it now
+        rather than wait for its next poll."""
+        if self._guardian is not None:
+            if self._guardian.poll() is None:
+                self._guardian.kill()
+            self._guardian.wait()
+            self._guardian = None
 
     def _signal_group(self, pgid: int, sig: int) -> None:
         if self.popen is not None and self.popen.poll() is None:

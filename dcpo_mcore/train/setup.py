@@ -273,9 +273,11 @@ def _rank0_clients(cfg: TrainConfig, servers, closers: list):
 
 
 def _sinks(cfg: TrainConfig, start_step: int, resumed: str | None, closers: list):
-    from dcpo_mcore.metrics import build_sinks
+    from dcpo_mcore.metrics import build_sinks, set_aside_previous_record
 
     lc = cfg.logging
+    if not resumed and (old := set_aside_previous_record(cfg.run_dir)) is not None:
+        print(f"[dcpo-train] fresh start in a used run_dir: the earlier metrics.jsonl is kept as {old}", flush=True)
     sinks = build_sinks(cfg.run_dir, tensorboard=lc.tensorboard, wandb=lc.wandb, wandb_project=lc.wandb_project,
                         console=lc.console, total_steps=cfg.steps, start_step=start_step,
                         resume_from_step=start_step if resumed else None)

@@ -263,12 +263,15 @@ def test_resume_at_another_layout_tp2(setup, reference):
             assert got[s][key] == pytest.approx(ref[s][key], rel=1e-3, abs=1e-5), (s, key, got[s][key], ref[s][key])
 
 
-def test_sigterm_tears_down_the_servers_the_trainer_started(setup, tmp_path):
-    """scancel / kill send SIGTERM: the trainer must stop the SGLang server it launched, not orphan it."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_trainer_leaves_no_sglang_server_behind(setup, tmp_path, sig):
+    """scancel / kill send SIGTERM: the trainer tears the SGLang server it launched down itself. A SIGKILL
+    (OOM killer, kill -9) runs no teardown: the server's guardian (rollout/guardian.py) stops it."""
     import os
     import signal
     import time
 
+    sig = getattr(signal, sig)
     run_dir = tmp_path / "owned"
     args = [a for a in _args(setup, run_dir, "steps=50") if not a.startswith(("rollout.server_urls", "rollout.num_servers"))]
     with open(tmp_path / "log", "w+") as log:
@@ -280,8 +283,8 @@ def test_sigterm_tears_down_the_servers_the_trainer_started(setup, tmp_path):
             time.sleep(1)
         text = (tmp_path / "log").read_text()
         server_pid = int(text.split("SGLang ready: server_0=")[1].split("(pid ")[1].split(")")[0])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == (128 + sig if sig == signal.SIGTERM else -sig)
     for _ in range(60):
         try:
             os.kill(server_pid, 0)
@@ -289,7 +292,7 @@ def test_sigterm_tears_down_the_servers_the_trainer_started(setup, tmp_path):
             return
         time.sleep(1)
     os.kill(server_pid, signal.SIGKILL)
-    pytest.fail(f"SGLang server {server_pid} outlived the SIGTERMed trainer")
+    pytest.fail(f"SGLang server {server_pid} outlived the trainer stopped by {sig.name}")
 
 
 def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):

@@ -26,3 +26,22 @@ def test_bad_config_is_one_line_per_problem_and_exit_2(tmp_path):
 def test_missing_config_file(tmp_path):
     proc = _train("--config", str(tmp_path / "nope.yaml"), timeout=120)
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("main, prog", [("train_main", "dcpo-train"), ("demo_main", "dcpo-demo")])
+def test_unknown_flag_is_one_line_and_exit_2(capsys, main, prog):
+    from dcpo_mcore import cli
+
+    with pytest.raises(SystemExit) as exc:
+        getattr(cli, main)(["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+    assert "--no-such-flag" in err or "--config" in err  # dcpo-train first misses its required --config
+
+
+def test_subcommand_errors_name_the_tool(capsys):
+    from dcpo_mcore.convert.cli import main
+
+    assert main(["hf-to-mcore", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dcpo-convert: error: ") and "dcpo-convert hf-to-mcore --help" in err, err

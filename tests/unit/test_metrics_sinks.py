@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from dcpo_mcore.metrics import (METRIC_KEYS, ConsoleProgress, JsonlSink, MetricSink, MetricsFileError,
-                                MultiSink, TensorBoardSink, WandbSink, build_sinks, read_metrics)
+                                MultiSink, TensorBoardSink, WandbSink, build_sinks, read_metrics,
+                                set_aside_previous_record)
 from dcpo_mcore.metrics.history import encode_line
 from dcpo_mcore.metrics.keys import NAMESPACES
 
@@ -87,6 +88,20 @@ def test_resume_at_or_past_the_last_step_leaves_the_file_untouched(tmp_path):
     JsonlSink(tmp_path, resume_from_step=2).close()
     assert (tmp_path / "metrics.jsonl").stat().st_ino == before  # not rewritten
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_a_fresh_run_sets_the_earlier_record_aside_without_losing_it(tmp_path):
+    assert set_aside_previous_record(tmp_path) is None  # nothing there yet
+    first = encode_line(1, {"reward/mean": 0.1}) + encode_line(2, {"reward/mean": 0.2})
+    _write_lines(tmp_path, first)
+    assert set_aside_previous_record(tmp_path) == tmp_path / "metrics.jsonl.1.old"
+    _write_lines(tmp_path, encode_line(1, {"reward/mean": 0.5}))
+    assert set_aside_previous_record(tmp_path) == tmp_path / "metrics.jsonl.2.old"  # never overwrites
+    assert (tmp_path / "metrics.jsonl.1.old").read_text() == first
+    sink = JsonlSink(tmp_path)
+    sink.log(1, {"reward/mean": 0.9})
+    sink.close()
+    assert [(r["step"], r["reward/mean"]) for r in read_metrics(tmp_path)] == [(1, 0.9)]
 
 
 def test_reopening_after_a_kill_drops_the_partial_line_before_appending(tmp_path):

@@ -26,13 +26,15 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rank_runner import run_rank_processes  # noqa: E402  (tools/rank_runner.py)
+
 LAYOUTS = {
     "tp1": {"tp": 1, "pp": 1}, "tp2": {"tp": 2, "pp": 1}, "pp2": {"tp": 1, "pp": 2}, "tp2pp2": {"tp": 2, "pp": 2},
 }
@@ -58,35 +60,11 @@ def _make_model(out: Path, shape: dict, dtype: str) -> str:
 
 def _launch(spec: dict, world: int, timeout_s: float) -> list[dict]:
     """Run ``world`` worker processes of this script and return each rank's JSON result."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench_engine_"))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-    procs = []
-    for rank in range(world):
-        log = open(tmp / f"rank{rank}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--out", str(tmp / f"rank{rank}.json")]
-        procs.append((subprocess.Popen(cmd, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)), stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True), log))
-    deadline = time.monotonic() + timeout_s
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-            log.close()
-    results = []
-    for rank in range(world):
-        path = tmp / f"rank{rank}.json"
-        if not path.exists():
-            tail = (tmp / f"rank{rank}.log").read_text()[-3000:]
-            raise RuntimeError(f"rank {rank} of {spec['name']} produced no result:\n{tail}")
-        results.append(json.loads(path.read_text()))
-    return results
+    return run_rank_processes(lambda rank, out: [sys.executable, __file__, "--worker", json.dumps(spec),
+                                                 "--out", str(out)],
+                              world, env, timeout_s, f"bench_engine_{spec['name']}")
 
 
 def _samples(n: int, vocab: int, seed: int, prompt: tuple[int, int], response: tuple[int, int]):

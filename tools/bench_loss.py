@@ -44,7 +44,6 @@ import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,8 @@ from datetime import timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rank_runner import run_rank_processes  # noqa: E402  (tools/rank_runner.py)
 VARIANTS = {
     "a": "(a) all-gather + log_softmax",
     "b": "(b) megatron vocab_parallel_cross_entropy",
@@ -224,37 +225,11 @@ def _run_pair(spec: dict, tp: int, extra_env: dict, timeout_s: float) -> list[di
     store = dist.TCPStore("127.0.0.1", 0, tp + 1, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=timeout_s))
     with tempfile.TemporaryDirectory(prefix="bench_loss_") as tmp:
-        spec = dict(spec, port=store.port)
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        procs = []
-        for rank in range(tp):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(tp), OMP_NUM_THREADS="1",
-                       MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                           [str(REPO_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]), **extra_env)
-            log = open(Path(tmp) / f"rank{rank}.log", "wb")
-            procs.append((subprocess.Popen([sys.executable, __file__, "--_rank", str(spec_path)], env=env,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
-        deadline = time.monotonic() + timeout_s
-        try:
-            for proc, _ in procs:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            for proc, log in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                log.close()
-        results = []
-        for rank, (proc, _) in enumerate(procs):
-            res = Path(tmp) / f"{spec_path.name}.rank{rank}.json"
-            if proc.returncode != 0 or not res.exists():
-                tail = (Path(tmp) / f"rank{rank}.log").read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"rank {rank} failed (exit {proc.returncode}) for {spec}:\n{tail}")
-            results.append(json.loads(res.read_text()))
-    return results
+        spec_path.write_text(json.dumps(dict(spec, port=store.port)))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra_env)
+        return run_rank_processes(lambda rank, out: [sys.executable, __file__, "--_rank", str(spec_path), str(out)],
+                                  tp, env, timeout_s, "bench_loss")
 
 
 def _mib(n: float) -> str:
@@ -339,16 +314,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rank_entry(spec_path: str) -> int:
+def _rank_entry(spec_path: str, result_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    out = _rank_main(spec)
-    res = Path(spec_path).parent / f"{Path(spec_path).name}.rank{out['rank']}.json"
-    res.write_text(json.dumps(out))
+    Path(result_path).write_text(json.dumps(_rank_main(spec)))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--_rank":
-        sys.exit(_rank_entry(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--_rank":
+        sys.exit(_rank_entry(sys.argv[2], sys.argv[3]))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks that kill the ranks
     sys.exit(main())

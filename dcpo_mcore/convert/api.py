@@ -19,10 +19,11 @@ from dcpo_mcore.engine.hf_arch import ArchError, ArchSpec, padded_vocab_size
 from dcpo_mcore.engine.hf_mapping import MappingError, expected_hf_names, mcore_params
 
 from . import spawn
-from .ckpt_meta import HF_META_DIR, CheckpointMeta, check_checkpoint_dir, write_meta
+from .ckpt_meta import HF_META_DIR, CheckpointMeta, write_meta
 from .errors import ConvertError, VerifyError
 from .hf_io import HfWeights, check_weights, copy_meta_files
 from .progress import say
+from .sources import open_checkpoint
 from .verify import check_logprobs, compare_hf_dirs, random_input_ids
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
@@ -111,50 +112,53 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, layout: Layout = Layout(), 
 
 
 def mcore_to_hf(ckpt: str | Path, out: str | Path, layout: Layout | None = None, *,
-                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, run: RunOptions = RunOptions()) -> Path:
+                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, hf_config: str | Path | None = None,
+                run: RunOptions = RunOptions()) -> Path:
     """Write HF safetensors (+ config and tokenizer) from a checkpoint, loading it at ``layout``.
 
-    ``layout`` defaults to the one the checkpoint was written at (known to fit the hardware it was
-    made on); TP1 PP1 needs one process that holds the whole model once.
+    ``ckpt``: a ``hf_to_mcore`` output, or a ``dcpo-train`` checkpoint (a step directory, or a run
+    directory for its newest valid one; see :mod:`.sources`). ``hf_config`` overrides where the config
+    and tokenizer files come from. ``layout`` defaults to the one the checkpoint was written at (known to
+    fit the hardware it was made on); TP1 PP1 needs one process that holds the whole model once.
     """
     start = time.monotonic()
-    ckpt, out = Path(ckpt), Path(out)
-    meta = check_checkpoint_dir(ckpt)
-    arch = _checkpoint_arch(ckpt, meta)
-    layout = check_layout(arch, layout or Layout(meta.tp, meta.pp, meta.vpp))
+    out = Path(out)
+    src = open_checkpoint(ckpt, hf_config)
+    layout = check_layout(src.arch, layout or Layout(src.tp, src.pp, src.vpp))
     coordinator = spawn.is_coordinator()
     partial = _prepare_output(out, coordinator)
-    steps = [{"op": "export", "ckpt": str(ckpt), "out": str(partial), "max_shard_bytes": max_shard_bytes}]
-    say(f"mcore-to-hf: {arch.family} checkpoint written at TP{meta.tp} PP{meta.pp}, loading at {layout}",
-        run.progress and coordinator)
-    _run_or_discard(partial, steps, ckpt / HF_META_DIR, layout, getattr(torch, meta.params_dtype), run,
-                    coordinator)
+    steps = [{"op": "export", "ckpt": str(src.tensors), "out": str(partial), "max_shard_bytes": max_shard_bytes}]
+    say(f"mcore-to-hf: {src.arch.family} {src.kind} checkpoint written at TP{src.tp} PP{src.pp}, loading at "
+        f"{layout}", run.progress and coordinator)
+    _run_or_discard(partial, steps, src.config_dir, layout, getattr(torch, src.dtype), run, coordinator)
     if coordinator:
-        copy_meta_files(ckpt / HF_META_DIR, partial)
+        copy_meta_files(src.config_dir, partial)
         _publish(partial, out)
         say(f"wrote {out} in {time.monotonic() - start:.1f} s", run.progress)
     return out
 
 
 def check_checkpoint_logprobs(ckpt: str | Path, hf_dir: str | Path, layout: Layout | None = None, *,
-                              check: LogprobCheck = LogprobCheck(), run: RunOptions = RunOptions()) -> float:
-    """Compare a checkpoint's Megatron log-probs with an HF model's; returns the max abs diff."""
-    ckpt, hf_dir = Path(ckpt), Path(hf_dir)
-    meta = check_checkpoint_dir(ckpt)
-    arch = _checkpoint_arch(ckpt, meta)
+                              check: LogprobCheck = LogprobCheck(), hf_config: str | Path | None = None,
+                              run: RunOptions = RunOptions()) -> float:
+    """Compare a checkpoint's Megatron log-probs with an HF model's; returns the max abs diff.
+    ``ckpt`` and ``hf_config``: as for :func:`mcore_to_hf`."""
+    hf_dir = Path(hf_dir)
+    src = open_checkpoint(ckpt, hf_config)
+    arch = src.arch
     hf_arch = arch_of(hf_dir)
     if _shape_fields(hf_arch) != _shape_fields(arch):
         raise ConvertError(f"the HF model in {hf_dir} has a different architecture than checkpoint {ckpt}")
     with HfWeights(hf_dir) as weights:
         check_weights(weights.infos, hf_arch)  # transformers would silently random-init a missing one
-    layout = check_layout(arch, layout or Layout(meta.tp, meta.pp, meta.vpp))
+    layout = check_layout(arch, layout or Layout(src.tp, src.pp, src.vpp))
     coordinator = spawn.is_coordinator()
     ids = random_input_ids(arch.vocab_size, _num_seqs(check, layout), check.seq_len, check.seed)
     work = Path(tempfile.mkdtemp(prefix="dcpo-convert-lp-")) if coordinator else Path("/nonexistent")
-    steps = [{"op": "logprobs", "ckpt": str(ckpt), "input_ids": ids.tolist(),
+    steps = [{"op": "logprobs", "ckpt": str(src.tensors), "input_ids": ids.tolist(),
               "out": str(work / "megatron_logprobs.pt")}]
     try:
-        _run(steps, ckpt / HF_META_DIR, layout, getattr(torch, meta.params_dtype), run, coordinator)
+        _run(steps, src.config_dir, layout, getattr(torch, src.dtype), run, coordinator)
         return _check_lp(work, hf_dir, ids, check, run) if coordinator else 0.0
     finally:
         if coordinator:
@@ -189,14 +193,6 @@ def check_layout(arch: ArchSpec, layout: Layout) -> Layout:
     except MappingError as exc:
         raise ConvertError(str(exc).replace("tp_size", "--tp")) from None
     return Layout(layout.tp, layout.pp, vpp)
-
-
-def _checkpoint_arch(ckpt: Path, meta: CheckpointMeta) -> ArchSpec:
-    arch = arch_of(ckpt / HF_META_DIR)
-    if arch.vocab_size != meta.vocab_size or arch.family != meta.family:
-        raise ConvertError(f"checkpoint {ckpt} is inconsistent: {HF_META_DIR}/config.json does not match "
-                           "dcpo_checkpoint.json")
-    return arch
 
 
 def _shape_fields(arch: ArchSpec) -> tuple:

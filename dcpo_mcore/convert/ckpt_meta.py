@@ -88,11 +88,11 @@ def check_checkpoint_dir(ckpt_dir: str | Path) -> CheckpointMeta:
                            "(the Megatron save did not finish)") from None
     if backend != "torch_dist":
         raise ConvertError(f"checkpoint {d} uses sharded backend {backend!r}; only torch_dist is supported")
-    _check_dcp_files(d)
+    check_dcp_files(d)
     return meta
 
 
-def _check_dcp_files(d: Path) -> None:
+def check_dcp_files(d: Path) -> None:
     from torch.distributed.checkpoint import FileSystemReader
 
     try:

@@ -15,6 +15,7 @@ _EPILOG = """examples:
   dcpo-convert hf-to-mcore --hf Qwen2.5-7B --out ckpt/qwen7b --tp 2 --pp 2 --verify --check-logprobs
   dcpo-convert mcore-to-hf --ckpt ckpt/qwen7b --out export/qwen7b --tp 1 --pp 1
   dcpo-convert check-logprobs --ckpt ckpt/qwen7b --hf Qwen2.5-7B
+  dcpo-convert mcore-to-hf --ckpt runs/my_rl_run --out export/rl_policy     # a dcpo-train run's newest checkpoint
 ranks: TP*PP local worker processes are started automatically (gloo on CPU, nccl on GPU); under
 torchrun/srun (RANK and WORLD_SIZE set) every launched process is one rank instead."""
 
@@ -37,6 +38,12 @@ def _lp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids (0)")
 
 
+_CKPT_HELP = ("checkpoint written by hf-to-mcore, or by dcpo-train: RUN_DIR/checkpoints/step_N, or RUN_DIR "
+              "for its newest valid checkpoint")
+_HF_CONFIG_HELP = ("directory with the HF config.json and tokenizer files to use (default: the checkpoint's "
+                   "hf/, or for a dcpo-train checkpoint the run's model.hf_path)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = OneLineErrorParser(prog="dcpo-convert", description="Convert checkpoints between Hugging Face and "
                    "megatron-core distributed (torch_dist) format.", epilog=_EPILOG,
@@ -52,13 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     _lp_args(a)
     _run_args(a)
     b = sub.add_parser("mcore-to-hf", help="Megatron torch_dist checkpoint -> HF safetensors")
-    b.add_argument("--ckpt", required=True, help="checkpoint directory written by hf-to-mcore")
+    b.add_argument("--ckpt", required=True, help=_CKPT_HELP)
+    b.add_argument("--hf-config", default=None, help=_HF_CONFIG_HELP)
     b.add_argument("--out", required=True, help="HF directory to create (must not exist or be empty)")
     _layout_args(b, "default: the layout the checkpoint was written at")
     b.add_argument("--max-shard-size", default="2GB", help="largest safetensors file (2GB)")
     _run_args(b)
     c = sub.add_parser("check-logprobs", help="compare a checkpoint's Megatron log-probs with an HF model")
-    c.add_argument("--ckpt", required=True, help="checkpoint directory written by hf-to-mcore")
+    c.add_argument("--ckpt", required=True, help=_CKPT_HELP)
+    c.add_argument("--hf-config", default=None, help=_HF_CONFIG_HELP)
     c.add_argument("--hf", required=True, help="HF checkpoint directory to compare against")
     _layout_args(c, "default: the layout the checkpoint was written at")
     _lp_args(c)
@@ -78,9 +87,11 @@ def _dispatch(args) -> None:
         lp = _lp(api, args) if args.check_logprobs else None
         api.hf_to_mcore(args.hf, args.out, given or api.Layout(), verify=args.verify, logprobs=lp, run=run)
     elif args.cmd == "mcore-to-hf":
-        api.mcore_to_hf(args.ckpt, args.out, given, max_shard_bytes=parse_size(args.max_shard_size), run=run)
+        api.mcore_to_hf(args.ckpt, args.out, given, max_shard_bytes=parse_size(args.max_shard_size),
+                        hf_config=args.hf_config, run=run)
     else:
-        api.check_checkpoint_logprobs(args.ckpt, args.hf, given, check=_lp(api, args), run=run)
+        api.check_checkpoint_logprobs(args.ckpt, args.hf, given, check=_lp(api, args), hf_config=args.hf_config,
+                                      run=run)
 
 
 def _lp(api, args):

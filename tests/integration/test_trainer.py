@@ -304,3 +304,51 @@ def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):
     rows = _metrics(run_dir)
     assert rows[1]["loss/kl"] >= 0.0 and rows[2]["loss/kl"] > 0.0
     assert rows[2]["invariant/first_update_ratio_is_one"] == 1.0
+
+
+def _convert(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcpo_mcore.convert.cli", *argv, "--quiet"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_rl_result_exports_to_hugging_face(setup, reference, tmp_path):
+    """`dcpo-convert mcore-to-hf` reads a dcpo-train checkpoint: the run directory means its newest one, the
+    HF config and tokenizer come from the run's model.hf_path, and the export holds the trained weights."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "rl_hf"
+    proc = _convert("mcore-to-hf", "--ckpt", str(reference), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "config.json").is_file() and list(out.glob("tokenizer*"))
+    exported = load_file(out / "model.safetensors")
+    start = load_file(setup["model"] / "model.safetensors")
+    assert exported.keys() == start.keys()
+    assert any(not torch_equal(exported[k], start[k]) for k in start)  # trained, not the starting weights
+    # The export is exactly the step-3 checkpoint: Megatron's forward on it matches transformers' on the export.
+    step3 = reference / "checkpoints" / "step_00000003"
+    proc = _convert("check-logprobs", "--ckpt", str(step3), "--hf", str(out), "--tol", "1e-5")
+    assert proc.returncode == 0, proc.stderr
+    # Loading it at another layout gives the same bytes; an older step gives other weights.
+    out_tp2 = tmp_path / "rl_hf_tp2"
+    assert _convert("mcore-to-hf", "--ckpt", str(step3), "--out", str(out_tp2), "--tp", "2").returncode == 0
+    tp2 = load_file(out_tp2 / "model.safetensors")
+    assert all(torch_equal(tp2[k], exported[k]) for k in exported)
+    out_step2 = tmp_path / "rl_hf_step2"
+    assert _convert("mcore-to-hf", "--ckpt", str(reference / "checkpoints" / "step_00000002"),
+                    "--out", str(out_step2)).returncode == 0
+    assert any(not torch_equal(load_file(out_step2 / "model.safetensors")[k], exported[k]) for k in exported)
+
+
+def test_exporting_a_trainer_checkpoint_with_the_wrong_hf_config_is_refused(reference, tmp_path):
+    from dcpo_mcore.hf.tiny import make_tiny_hf_model
+
+    other = make_tiny_hf_model("qwen2", tmp_path / "other", hidden_size=96, num_heads=6, num_kv_heads=3, seed=1)
+    proc = _convert("mcore-to-hf", "--ckpt", str(reference), "--out", str(tmp_path / "x"), "--hf-config", str(other))
+    assert proc.returncode == 2 and "does not describe the model" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)

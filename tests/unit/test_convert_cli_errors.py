@@ -104,8 +104,36 @@ def test_existing_output_and_missing_checkpoint(capsys, hf, tmp_path):
     _fails(capsys, ["mcore-to-hf", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
            "does not exist")
     _fails(capsys, ["mcore-to-hf", "--ckpt", str(hf), "--out", str(tmp_path / "o")],
-           "is not a dcpo-convert checkpoint")
+           "is neither a dcpo-convert checkpoint (no dcpo_checkpoint.json) nor a dcpo-train checkpoint")
     assert not (tmp_path / "o.partial").exists()
+
+
+def _trainer_step(root: Path, step: int, config: dict) -> Path:
+    """A dcpo-train checkpoint's files as the trainer writes them, with a made-up (empty) model."""
+    from dcpo_mcore.checkpoint.files import build_manifest
+
+    d = root / "checkpoints" / f"step_{step:08d}"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    (d / "trainer_state.json").write_text(json.dumps({"step": step, "config_json": json.dumps(config)}))
+    (d / "manifest.json").write_text(json.dumps(build_manifest(d, step, 1)))
+    return d
+
+
+def test_trainer_checkpoint_problems_are_one_line(capsys, tmp_path):
+    run = tmp_path / "run"
+    config = {"run_dir": "run", "model": {"hf_path": "no/such/model", "init_checkpoint": None},
+              "parallel": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1}}
+    step = _trainer_step(run, 2, config)
+    out = ["--out", str(tmp_path / "o")]
+    # the run's hf_path does not resolve from here nor from the run's launch directory
+    _fails(capsys, ["mcore-to-hf", "--ckpt", str(step), *out], "cannot find the HF config and tokenizer")
+    # a damaged file fails the manifest check before anything is loaded
+    (step / "trainer_state.json").write_text("{}")
+    _fails(capsys, ["mcore-to-hf", "--ckpt", str(step), *out], "is not usable: trainer_state.json has")
+    # a run directory whose every checkpoint is damaged
+    _fails(capsys, ["mcore-to-hf", "--ckpt", str(run), *out], "no complete checkpoint under")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 
 
 def test_bad_arguments(capsys, hf, tmp_path):

@@ -78,25 +78,10 @@ def _reset_peak_rss() -> None:
 
 
 def _profiler_peak_bytes(step) -> int:
-    from torch.profiler import ProfilerActivity, profile
+    from dcpo_mcore.ops.profiling import peak_allocated_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        keep = step()
-        del keep
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            trace = json.load(f)
-    finally:
-        os.unlink(path)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
-    if not mem:
-        return -1
-    before = mem[0]["Total Allocated"] - mem[0]["Bytes"]
-    return max(m["Total Allocated"] for m in mem) - before
+    peak = peak_allocated_bytes(step)
+    return -1 if peak is None else peak
 
 
 def _make_loss_fn(variant: str, tp_group, targets, chunk_size: int):

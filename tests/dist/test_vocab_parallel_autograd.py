@@ -1,9 +1,5 @@
 """Single-process (tp_group=None) tests of vocab_parallel_logprobs: argument checks, the in-place
 backward contract (misuse is loud, the documented safe patterns are exact) and the memory bound."""
-import json
-import os
-import tempfile
-
 import pytest
 import torch
 
@@ -155,25 +151,13 @@ def test_after_inplace_backward_the_logits_hold_the_gradient():
 
 
 def _peak_extra_bytes(fn):
-    """Peak bytes the torch CPU allocator holds during ``fn()`` above what it held before, from
-    torch.profiler's memory events (allocations made inside and freed after still count)."""
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes the torch CPU allocator holds during ``fn()`` above what it held before (allocations made
+    inside and freed after still count)."""
+    from dcpo_mcore.ops.profiling import peak_allocated_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            trace = json.load(f)
-    finally:
-        os.unlink(path)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
-    assert mem, "the profiler recorded no memory events"
-    before = mem[0]["Total Allocated"] - mem[0]["Bytes"]
-    return max(m["Total Allocated"] for m in mem) - before
+    peak = peak_allocated_bytes(fn)
+    assert peak is not None, "the profiler recorded no memory events"
+    return peak
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

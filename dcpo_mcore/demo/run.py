@@ -102,7 +102,12 @@ def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
                         init=p.pre_dir, log=say)
         say(f"baseline: {more.steps} more pretraining steps in {more.seconds:.0f} s -> {more.final_accuracy:.1%}")
 
-    # 6: report
+    # 6: the RL policy out to Hugging Face (what a user would serve), and where each model's accuracy comes from
+    rl_dir = _export_policy(run, say)
+    kinds = _accuracy_by_kind(cfg, p, {"pretrained": p.pre_dir, "after_rl": rl_dir,
+                                       "more_pretraining": run / "model_more_pretraining" if more else None})
+
+    # 7: report
     result = {
         "algorithm": rl_cfg.algo.name, "seed": cfg.seed, "steps": summary["last_step"],
         "pretrain_steps": pre.total_steps, "pretrain_seconds": pre.seconds,
@@ -111,6 +116,7 @@ def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
         "rl_gain_points": 100 * (acc[-1][1] - acc[0][1]), "rl_seconds": rl_seconds,
         "more_pretraining_accuracy": None if more is None else more.final_accuracy,
         "more_pretraining_steps": None if more is None else more.steps,
+        "rl_policy_hf": str(rl_dir), "accuracy_by_kind": kinds,
         "total_minutes": (time.perf_counter() - t_start) / 60, "eval_series": acc, "options": asdict(opts),
     }
     (run / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -118,6 +124,38 @@ def run_demo(config_path: str, overrides: list[str], opts: DemoOptions) -> dict:
     _report(run)
     say(_markdown(result))
     return result
+
+
+def _export_policy(run: Path, say) -> Path:
+    """The trained policy as an HF directory: the ``dcpo-convert mcore-to-hf`` command a user runs on a real
+    run (the newest checkpoint of ``run``), in its own process. Why a process: this one still carries the
+    world-of-1 environment of the in-process trainer, which would make the converter join it as a rank."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from dcpo_mcore.world_env import WORLD_ENV_KEYS
+
+    out = run / "model_rl"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier demo's export in the same run_dir
+    env = {k: v for k, v in os.environ.items() if k not in WORLD_ENV_KEYS}
+    proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.convert.cli", "mcore-to-hf", "--ckpt", str(run),
+                           "--out", str(out), "--quiet"], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exporting the RL policy failed: {proc.stderr.strip()}")
+    say(f"RL policy exported to Hugging Face format: {out}")
+    return out
+
+
+def _accuracy_by_kind(cfg, p: "Pretrained", models: dict) -> dict:
+    from transformers import AutoTokenizer
+
+    from .by_kind import accuracy_by_kind, load_hf_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(p.pre_dir))
+    return {name: accuracy_by_kind(load_hf_model(d), tokenizer, p.eval_records, cfg.rollout.max_new_tokens)
+            for name, d in models.items() if d is not None}
 
 
 def _eval_series(run: Path) -> list[tuple[int, float]]:
@@ -141,7 +179,17 @@ def _markdown(r: dict) -> str:
         f"| seed | pretrained (SGLang greedy) | after {r['algorithm'].upper()} ({r['steps']} steps) | gain | "
         f"best | same time, more pretraining | total minutes |\n|---|---|---|---|---|---|---|\n"
         f"| {r['seed']} | {100 * r['rl_start_accuracy']:.1f}% | {100 * r['rl_end_accuracy']:.1f}% | "
-        f"{r['rl_gain_points']:+.1f} pts | {100 * r['rl_best_accuracy']:.1f}% | {more} | {r['total_minutes']:.1f} |\n")
+        f"{r['rl_gain_points']:+.1f} pts | {100 * r['rl_best_accuracy']:.1f}% | {more} | {r['total_minutes']:.1f} |\n"
+        + _kinds_markdown(r.get("accuracy_by_kind") or {}))
+
+
+def _kinds_markdown(kinds: dict) -> str:
+    if not kinds:
+        return ""
+    rows = "".join(f"| {name.replace('_', ' ')} | {100 * k['all']:.1f}% | {100 * k['addition']:.1f}% | "
+                   f"{100 * k['multiplication']:.1f}% |\n" for name, k in kinds.items())
+    return ("\nHeld-out greedy accuracy by kind of question (transformers, exported models):\n\n"
+            "| model | all | addition | multiplication |\n|---|---|---|---|\n" + rows)
 
 
 def _report(run: Path) -> None:

@@ -41,3 +41,16 @@ def test_short_demo_learns(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "clip/token_clip_ratio" in r]
     assert len(train_rows) == 20 and all(r["invariant/first_update_ratio_is_one"] == 1.0 for r in train_rows)
+    # The RL result leaves as an HF model (dcpo-convert mcore-to-hf on the run), and transformers' greedy
+    # accuracy on it and on the pretrained model agrees with SGLang's in-training evaluations (greedy on both
+    # engines; a near-tie can flip an argmax, hence a small tolerance rather than equality).
+    assert (tmp_path / "model_rl" / "model.safetensors").exists() and summary["rl_policy_hf"].endswith("model_rl")
+    kinds = summary["accuracy_by_kind"]
+    assert set(kinds) == {"pretrained", "after_rl"}  # no baseline in this run
+    assert abs(kinds["pretrained"]["all"] - summary["rl_start_accuracy"]) <= 0.03, (kinds, summary)
+    assert abs(kinds["after_rl"]["all"] - summary["rl_end_accuracy"]) <= 0.03, (kinds, summary)
+    for k in kinds.values():
+        n_add, n_mul = k["n_addition"], k["n_multiplication"]
+        assert n_add + n_mul == 200 and n_add > 0 and n_mul > 0
+        assert k["all"] == pytest.approx((k["addition"] * n_add + k["multiplication"] * n_mul) / 200)
+    assert "by kind of question" in (tmp_path / "demo_summary.md").read_text()

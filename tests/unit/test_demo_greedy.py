@@ -74,3 +74,35 @@ def test_accuracy_grades_boxed_answers(model_and_tok):
     acc, texts = greedy_accuracy(Scripted([box("\\boxed{5}"), box("\\boxed{7}")]), tok, records,
                                  get_verifier("math"), max_new_tokens=12)
     assert texts == ["\\boxed{5}", "\\boxed{7}"] and acc == 0.5
+
+
+def test_accuracy_by_kind_by_hand(model_and_tok):
+    from dcpo_mcore.demo.by_kind import accuracy_by_kind, question_kind
+    from dcpo_mcore.demo.run import _kinds_markdown
+
+    _, tok = model_and_tok
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    box = lambda s: ids(s) + [tok.eos_token_id]  # noqa: E731
+
+    class Scripted:  # answers by prompt; greedy_generate calls it once per group of equal-length prompts
+        def __init__(self, by_prompt):
+            self.by_prompt, self.batch, self.pos = by_prompt, [], 0
+
+        def __call__(self, input_ids, past_key_values=None, use_cache=True):
+            if past_key_values is None:  # a new group starts with its prompts
+                self.batch, self.pos = [self.by_prompt[tuple(row.tolist())] for row in input_ids], 0
+            col = [a[min(self.pos, len(a) - 1)] for a in self.batch]
+            self.pos += 1
+            logits = torch.nn.functional.one_hot(torch.tensor(col), len(tok)).float().unsqueeze(1)
+            return SimpleNamespace(logits=logits, past_key_values="cache")
+
+    questions = [("What is 12+34?", "46", "\\boxed{46}"), ("What is 3*45?", "135", "\\boxed{135}"),
+                 ("What is 20+30?", "50", "\\boxed{51}"), ("What is 7*11?", "77", "\\boxed{76}"),
+                 ("What is 11+11?", "22", "\\boxed{22}")]
+    records = [SimpleNamespace(prompt_ids=ids(q), ground_truth=gt) for q, gt, _ in questions]
+    model = Scripted({tuple(ids(q)): box(a) for q, _, a in questions})
+    got = accuracy_by_kind(model, tok, records, max_new_tokens=12)
+    assert got == {"all": 3 / 5, "addition": 2 / 3, "multiplication": 1 / 2, "n_addition": 3, "n_multiplication": 2}
+    assert [question_kind(q) for q, *_ in questions] == ["addition", "multiplication", "addition",
+                                                          "multiplication", "addition"]
+    assert "| pretrained | 60.0% | 66.7% | 50.0% |" in _kinds_markdown({"pretrained": got})

@@ -24,3 +24,9 @@ def single_process_env_defaults(port: int | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port or 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def environ_without_world() -> dict[str, str]:
+    """This process's environment minus the variables above: for a child that must form its own world
+    (a child inheriting MASTER_PORT would try to listen on the port this process's store still holds)."""
+    return {k: v for k, v in os.environ.items() if k not in WORLD_ENV_KEYS}

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dcpo_mcore.config import load_config
     from dcpo_mcore.demo.run import DemoOptions, prepare_pretrained
+    from dcpo_mcore.world_env import environ_without_world
 
     root = Path(args.root)
     base = [f"seed={args.seed}", f"steps={args.steps}", f"eval_interval={args.eval_interval}",
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *overrides]
         print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, env=_fresh_env())
+        proc = subprocess.run(cmd, cwd=REPO, env=environ_without_world())
         if proc.returncode != 0:
             print(f"[compare] {algo} failed with exit code {proc.returncode}; see {run_dir}", file=sys.stderr)
             return 1
@@ -134,16 +135,6 @@ def _wall_seconds(run_dir: Path) -> float | None:
         return float(json.loads((run_dir / WALL_FILE).read_text())["seconds"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _fresh_env() -> dict:
-    """This process's environment without the world-of-1 variables its own pretraining set: a child
-    inheriting MASTER_PORT would try to listen on the port this process's store still holds."""
-    import os
-
-    from dcpo_mcore.world_env import WORLD_ENV_KEYS
-
-    return {k: v for k, v in os.environ.items() if k not in WORLD_ENV_KEYS}
 
 
 def summarise(algo: str, run_dir: Path) -> dict:

@@ -136,7 +136,7 @@ class CheckpointManager:
 
     def _prune(self, step: int) -> None:
         """Keep the one just written plus the ``keep_last - 1`` newest older ones; leave newer ones."""
-        dirs = self._step_dirs()
+        dirs = self.step_dirs()
         newer = [p.name for s, p in dirs if s > step]
         if newer:
             log.warning("checkpoints newer than the one just saved (step %d) exist in %s: %s; they come from "
@@ -162,7 +162,7 @@ class CheckpointManager:
             shutil.rmtree(path, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------- find
-    def _step_dirs(self) -> list[tuple[int, Path]]:
+    def step_dirs(self) -> list[tuple[int, Path]]:
         """(step, path) of every step_* directory, newest first (whether valid or not)."""
         if not self.root.is_dir():
             return []
@@ -198,7 +198,7 @@ class CheckpointManager:
     def find_latest_valid(self) -> Path | None:
         """The newest complete checkpoint (collective). Each invalid newer one costs one warning line."""
         def scan() -> str | None:
-            for _, path in self._step_dirs():
+            for _, path in self.step_dirs():
                 found = self.problem(path)
                 if found is None:
                     return str(path)

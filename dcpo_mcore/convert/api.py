@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dcpo_mcore.engine.hf_arch import ArchError, ArchSpec, padded_vocab_size
+from dcpo_mcore.engine.hf_arch import ArchSpec, padded_vocab_size
 from dcpo_mcore.engine.hf_mapping import MappingError, expected_hf_names, mcore_params
 
 from . import spawn
@@ -23,7 +23,7 @@ from .ckpt_meta import HF_META_DIR, CheckpointMeta, write_meta
 from .errors import ConvertError, VerifyError
 from .hf_io import HfWeights, check_weights, copy_meta_files
 from .progress import say
-from .sources import open_checkpoint
+from .sources import arch_of, open_checkpoint
 from .verify import check_logprobs, compare_hf_dirs, random_input_ids
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
@@ -167,15 +167,6 @@ def check_checkpoint_logprobs(ckpt: str | Path, hf_dir: str | Path, layout: Layo
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def arch_of(config_dir: Path) -> ArchSpec:
-    if not Path(config_dir).is_dir():
-        raise ConvertError(f"HF checkpoint directory {config_dir} does not exist")
-    try:
-        return ArchSpec.from_hf_config(config_dir)
-    except ArchError as exc:
-        raise ConvertError(str(exc)) from None
 
 
 def check_layout(arch: ArchSpec, layout: Layout) -> Layout:

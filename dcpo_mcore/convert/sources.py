@@ -24,7 +24,7 @@ from dcpo_mcore.engine.hf_arch import ArchError, ArchSpec
 from .ckpt_meta import HF_META_DIR, META_NAME, check_dcp_files, check_checkpoint_dir
 from .errors import ConvertError
 
-__all__ = ["CheckpointSource", "open_checkpoint"]
+__all__ = ["CheckpointSource", "arch_of", "open_checkpoint"]
 
 TRAINER_MODEL_DIR = "model"  # checkpoint/manager.py's MODEL_DIR
 
@@ -50,9 +50,10 @@ def open_checkpoint(ckpt: str | Path, hf_config: str | Path | None = None) -> Ch
     return _trainer(_trainer_step_dir(path), hf_config)
 
 
-def _arch(config_dir: Path) -> ArchSpec:
-    if not (config_dir / "config.json").is_file():
-        raise ConvertError(f"{config_dir} has no config.json")
+def arch_of(config_dir: str | Path) -> ArchSpec:
+    """The architecture of an HF config directory, or a one-line :class:`ConvertError`."""
+    if not Path(config_dir).is_dir():
+        raise ConvertError(f"HF checkpoint directory {config_dir} does not exist")
     try:
         return ArchSpec.from_hf_config(config_dir)
     except ArchError as exc:
@@ -62,7 +63,7 @@ def _arch(config_dir: Path) -> ArchSpec:
 def _converted(path: Path, hf_config) -> CheckpointSource:
     meta = check_checkpoint_dir(path)
     config_dir = Path(hf_config) if hf_config else path / HF_META_DIR
-    arch = _arch(config_dir)
+    arch = arch_of(config_dir)
     if arch.vocab_size != meta.vocab_size or arch.family != meta.family:
         raise ConvertError(f"checkpoint {path} is inconsistent: {config_dir}/config.json does not match "
                            f"{META_NAME}")
@@ -71,28 +72,30 @@ def _converted(path: Path, hf_config) -> CheckpointSource:
 
 
 def _trainer_step_dir(path: Path) -> Path:
-    """A step directory as given, or the newest valid one under a run directory / checkpoint root."""
+    """A step directory as given, or the newest valid one under a run directory / checkpoint root. Either
+    way it has passed the trainer's own checkpoint validation (``CheckpointManager.problem``: manifest
+    sizes and sha256, trainer state, model and RNG files), exactly once."""
     from dcpo_mcore.checkpoint import CheckpointManager
 
     if (path / "manifest.json").is_file():
+        problem = CheckpointManager(path.parent, keep_last=1).problem(path)
+        if problem is not None:
+            raise ConvertError(f"trainer checkpoint {path} is not usable: {problem}")
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     manager = CheckpointManager(root, keep_last=1)
-    if not manager._step_dirs():
+    if not manager.step_dirs():
         raise ConvertError(f"{path} is neither a dcpo-convert checkpoint (no {META_NAME}) nor a dcpo-train "
                            "checkpoint, run directory or checkpoint root (no manifest.json, no step_* directories)")
     latest = manager.find_latest_valid()
     if latest is None:
-        raise ConvertError(f"no complete checkpoint under {root} (every step_* directory failed its manifest check)")
+        raise ConvertError(f"no complete checkpoint under {root} (every step_* directory failed its validation)")
     return latest
 
 
 def _trainer(step_dir: Path, hf_config) -> CheckpointSource:
-    from dcpo_mcore.checkpoint.files import check_manifest, read_trainer_state
+    from dcpo_mcore.checkpoint.files import read_trainer_state
 
-    problem = check_manifest(step_dir)
-    if problem is not None:
-        raise ConvertError(f"trainer checkpoint {step_dir} is not usable: {problem}")
     try:
         state = read_trainer_state(step_dir)
         cfg = json.loads(state["config_json"])
@@ -103,7 +106,7 @@ def _trainer(step_dir: Path, hf_config) -> CheckpointSource:
     config_dir = Path(hf_config) if hf_config else _run_hf_dir(step_dir, cfg)
     tensors = step_dir / TRAINER_MODEL_DIR
     check_dcp_files(tensors)
-    arch = _arch(config_dir)
+    arch = arch_of(config_dir)
     _check_tensor_shapes(arch, tensors, config_dir)
     return CheckpointSource(tensors, config_dir, arch, model.get("params_dtype") or "float32",
                             parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"],

@@ -32,12 +32,10 @@ def accuracy_by_kind(model, tokenizer, records: Sequence, max_new_tokens: int,
 
     from dcpo_mcore.reward import get_verifier
 
-    from .greedy import greedy_generate
+    from .greedy import greedy_grades
 
     with torch.no_grad():
-        gens = greedy_generate(model, [r.prompt_ids for r in records], tokenizer.eos_token_id, max_new_tokens)
-    texts = tokenizer.batch_decode(gens, skip_special_tokens=True)
-    grades = get_verifier(verifier).grade_batch(zip(texts, (r.ground_truth for r in records)))
+        grades, _ = greedy_grades(model, tokenizer, records, get_verifier(verifier), max_new_tokens)
     kinds = [question_kind(tokenizer.decode(r.prompt_ids)) for r in records]
     out: dict[str, float] = {"all": sum(g.correct for g in grades) / max(1, len(records))}
     for kind in ("addition", "multiplication"):

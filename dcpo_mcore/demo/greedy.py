@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["HfMirror", "greedy_accuracy", "greedy_generate"]
+__all__ = ["HfMirror", "greedy_accuracy", "greedy_generate", "greedy_grades"]
 
 
 class HfMirror:
@@ -77,11 +77,15 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], eos_id: int, max_ne
     return out
 
 
-def greedy_accuracy(model, tokenizer, records, verifier, max_new_tokens: int) -> tuple[float, list[str]]:
-    """Share of ``records`` (PromptRecord-like: prompt_ids, ground_truth) answered correctly under greedy
-    decoding, graded by ``verifier`` (a :class:`dcpo_mcore.reward.Verifier`); also the decoded responses."""
-    eos = tokenizer.eos_token_id
-    gens = greedy_generate(model, [r.prompt_ids for r in records], eos, max_new_tokens)
+def greedy_grades(model, tokenizer, records, verifier, max_new_tokens: int) -> tuple[list, list[str]]:
+    """Greedy answers to ``records`` (PromptRecord-like: prompt_ids, ground_truth), graded by ``verifier``
+    (a :class:`dcpo_mcore.reward.Verifier`): one grade and one decoded response per record."""
+    gens = greedy_generate(model, [r.prompt_ids for r in records], tokenizer.eos_token_id, max_new_tokens)
     texts = tokenizer.batch_decode(gens, skip_special_tokens=True)
-    grades = verifier.grade_batch(zip(texts, (r.ground_truth for r in records)))
+    return verifier.grade_batch(zip(texts, (r.ground_truth for r in records))), texts
+
+
+def greedy_accuracy(model, tokenizer, records, verifier, max_new_tokens: int) -> tuple[float, list[str]]:
+    """Share of ``records`` answered correctly under greedy decoding; also the decoded responses."""
+    grades, texts = greedy_grades(model, tokenizer, records, verifier, max_new_tokens)
     return sum(g.correct for g in grades) / max(1, len(records)), texts

@@ -130,18 +130,16 @@ def _export_policy(run: Path, say) -> Path:
     """The trained policy as an HF directory: the ``dcpo-convert mcore-to-hf`` command a user runs on a real
     run (the newest checkpoint of ``run``), in its own process. Why a process: this one still carries the
     world-of-1 environment of the in-process trainer, which would make the converter join it as a rank."""
-    import os
     import shutil
     import subprocess
     import sys
 
-    from dcpo_mcore.world_env import WORLD_ENV_KEYS
+    from dcpo_mcore.world_env import environ_without_world
 
     out = run / "model_rl"
     shutil.rmtree(out, ignore_errors=True)  # an earlier demo's export in the same run_dir
-    env = {k: v for k, v in os.environ.items() if k not in WORLD_ENV_KEYS}
     proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.convert.cli", "mcore-to-hf", "--ckpt", str(run),
-                           "--out", str(out), "--quiet"], env=env, capture_output=True, text=True)
+                           "--out", str(out), "--quiet"], env=environ_without_world(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"exporting the RL policy failed: {proc.stderr.strip()}")
     say(f"RL policy exported to Hugging Face format: {out}")

@@ -109,13 +109,16 @@ def test_existing_output_and_missing_checkpoint(capsys, hf, tmp_path):
 
 
 def _trainer_step(root: Path, step: int, config: dict) -> Path:
-    """A dcpo-train checkpoint's files as the trainer writes them, with a made-up (empty) model."""
+    """A dcpo-train checkpoint's files as the trainer writes them (manifest, trainer state, one rank's RNG
+    file), with a made-up (empty) model, so it passes the trainer's own validation."""
     from dcpo_mcore.checkpoint.files import build_manifest
 
     d = root / "checkpoints" / f"step_{step:08d}"
     (d / "model").mkdir(parents=True)
     (d / "model" / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
     (d / "trainer_state.json").write_text(json.dumps({"step": step, "config_json": json.dumps(config)}))
+    (d / "rng").mkdir()
+    (d / "rng" / "rank0.pt").write_bytes(b"rng state")
     (d / "manifest.json").write_text(json.dumps(build_manifest(d, step, 1)))
     return d
 

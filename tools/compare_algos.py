@@ -138,11 +138,11 @@ def _wall_seconds(run_dir: Path) -> float | None:
 
 
 def summarise(algo: str, run_dir: Path) -> dict:
-    from dcpo_mcore.metrics import read_metrics
+    from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
     rows = read_metrics(run_dir)
     train = [r for r in rows if "clip/token_clip_ratio" in r]
-    evals = [(r["step"], v) for r in rows for k, v in r.items() if k.startswith("eval/") and k.endswith("/avg@1")]
+    evals = held_out_accuracy_series(rows)
 
     def mean(key: str) -> float:
         return sum(r[key] for r in train) / len(train)

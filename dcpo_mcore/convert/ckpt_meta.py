@@ -68,12 +68,13 @@ def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
     return meta
 
 
-def check_checkpoint_dir(ckpt_dir: str | Path) -> CheckpointMeta:
+def check_checkpoint_dir(ckpt_dir: str | Path) -> tuple[CheckpointMeta, object]:
     """Refuse a missing, incomplete or truncated checkpoint before any rank is started.
 
     Megatron writes its ``metadata.json`` last, so a save that died half-way has none; every tensor
     chunk listed in the torch DCP ``.metadata`` must lie inside its ``.distcp`` file (a truncated or
-    deleted file fails here instead of as a stack trace inside a rank).
+    deleted file fails here instead of as a stack trace inside a rank). Returns our metadata and the torch
+    DCP one (read once; the shape checks use it too).
     """
     d = Path(ckpt_dir)
     if not d.is_dir():
@@ -88,15 +89,16 @@ def check_checkpoint_dir(ckpt_dir: str | Path) -> CheckpointMeta:
                            "(the Megatron save did not finish)") from None
     if backend != "torch_dist":
         raise ConvertError(f"checkpoint {d} uses sharded backend {backend!r}; only torch_dist is supported")
-    check_dcp_files(d)
-    return meta
+    return meta, check_dcp_files(d)
 
 
-def check_dcp_files(d: Path) -> None:
+def check_dcp_files(d: Path):
+    """Every chunk the torch DCP ``.metadata`` lists lies inside its file; returns that metadata."""
     from torch.distributed.checkpoint import FileSystemReader
 
     try:
-        storage = FileSystemReader(str(d)).read_metadata().storage_data
+        dcp_meta = FileSystemReader(str(d)).read_metadata()
+        storage = dcp_meta.storage_data
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise ConvertError(f"checkpoint {d} is corrupt: cannot read .metadata ({type(exc).__name__})") from None
     needed: dict[str, int] = {}
@@ -109,3 +111,4 @@ def check_dcp_files(d: Path) -> None:
         if f.stat().st_size < end:
             raise ConvertError(f"checkpoint {d} is truncated: {rel} has {f.stat().st_size} bytes, "
                                f"its tensors need {end}")
+    return dcp_meta

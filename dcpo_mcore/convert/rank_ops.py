@@ -8,16 +8,15 @@ sync to SGLang uses), so no rank ever holds the whole model.
 """
 from __future__ import annotations
 
-import queue
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
+from dcpo_mcore.engine.dist_ckpt import synchronous_save
 from dcpo_mcore.engine.hf_arch import ArchSpec
 from dcpo_mcore.engine.hf_export import stream_hf_tensors
 from dcpo_mcore.engine.hf_mapping import hf_to_mcore_shard
@@ -97,19 +96,7 @@ def save_checkpoint(model: Model, ckpt_dir: str) -> None:
 
 def save_chunks(chunks: list, ckpt_dir: str) -> None:
     """A synchronous torch_dist save of every chunk (rank 0 must have created ``ckpt_dir``)."""
-    _in_process_write_results_queue()
-    dist_checkpointing.save(sharded_model_state(chunks), ckpt_dir)
-
-
-def _in_process_write_results_queue() -> None:
-    # dist_checkpointing hands a save's write results over through a queue served by a *spawned*
-    # multiprocessing.Manager, which must import torch to unpickle them: ~2.5 s of CPU per rank, and the
-    # spawn re-imports __main__. In a synchronous save the results are produced and consumed by this
-    # same process, so a thread queue (put / get_nowait) serves. Only set while megatron has none yet.
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if getattr(filesystem_async, "_results_queue", "absent") is None:
-        filesystem_async._results_queue = queue.Queue()
+    synchronous_save(sharded_model_state(chunks), ckpt_dir)
 
 
 def load_checkpoint(model: Model, ckpt_dir: str) -> None:

@@ -61,13 +61,13 @@ def arch_of(config_dir: str | Path) -> ArchSpec:
 
 
 def _converted(path: Path, hf_config) -> CheckpointSource:
-    meta = check_checkpoint_dir(path)
+    meta, dcp_meta = check_checkpoint_dir(path)
     config_dir = Path(hf_config) if hf_config else path / HF_META_DIR
     arch = arch_of(config_dir)
     if arch.vocab_size != meta.vocab_size or arch.family != meta.family:
         raise ConvertError(f"checkpoint {path} is inconsistent: {config_dir}/config.json does not match "
                            f"{META_NAME}")
-    _check_tensor_shapes(arch, path, config_dir)
+    _check_tensor_shapes(arch, dcp_meta, path, config_dir)
     return CheckpointSource(path, config_dir, arch, meta.params_dtype, meta.tp, meta.pp, meta.vpp, "dcpo-convert")
 
 
@@ -105,9 +105,9 @@ def _trainer(step_dir: Path, hf_config) -> CheckpointSource:
                            f"({type(exc).__name__}: {exc})") from None
     config_dir = Path(hf_config) if hf_config else _run_hf_dir(step_dir, cfg)
     tensors = step_dir / TRAINER_MODEL_DIR
-    check_dcp_files(tensors)
+    dcp_meta = check_dcp_files(tensors)
     arch = arch_of(config_dir)
-    _check_tensor_shapes(arch, tensors, config_dir)
+    _check_tensor_shapes(arch, dcp_meta, tensors, config_dir)
     return CheckpointSource(tensors, config_dir, arch, model.get("params_dtype") or "float32",
                             parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"],
                             parallel.get("virtual_pipeline_model_parallel_size"),
@@ -142,12 +142,11 @@ def _run_hf_dir(step_dir: Path, cfg: dict) -> Path:
                        f"(tried {tried}); pass --hf-config DIR")
 
 
-def _check_tensor_shapes(arch: ArchSpec, tensors: Path, config_dir: Path) -> None:
-    """The saved tensors' global shapes against the ones ``config_dir`` implies, before any rank starts
-    (a wrong --hf-config would otherwise fail inside a rank, after megatron is built)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    saved = FileSystemReader(str(tensors)).read_metadata().state_dict_metadata
+def _check_tensor_shapes(arch: ArchSpec, dcp_meta, tensors: Path, config_dir: Path) -> None:
+    """The saved tensors' global shapes (``dcp_meta``: the torch DCP metadata of ``tensors``) against the ones
+    ``config_dir`` implies, before any rank starts (a wrong --hf-config would otherwise fail inside a rank,
+    after megatron is built)."""
+    saved = dcp_meta.state_dict_metadata
     layers, hidden, ffn = arch.num_layers, arch.hidden_size, arch.ffn_hidden_size
     qkv_rows = (arch.num_attention_heads + 2 * arch.num_query_groups) * arch.head_dim
     expected = {"decoder.layers.self_attention.linear_qkv.weight": (layers, qkv_rows, hidden),

@@ -158,13 +158,9 @@ def _accuracy_by_kind(cfg, p: "Pretrained", models: dict) -> dict:
 
 def _eval_series(run: Path) -> list[tuple[int, float]]:
     """(step, held-out greedy accuracy) from the run's metrics.jsonl (the trainer's SGLang evaluations)."""
-    from dcpo_mcore.metrics import read_metrics
+    from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
-    series = []
-    for row in read_metrics(run):
-        keys = [k for k in row if k.startswith("eval/") and k.endswith("/avg@1")]
-        if keys:
-            series.append((int(row["step"]), float(row[keys[0]])))
+    series = held_out_accuracy_series(read_metrics(run))
     if not series:
         raise RuntimeError(f"no held-out evaluation in {run}/metrics.jsonl; the demo needs eval_interval > 0")
     return series

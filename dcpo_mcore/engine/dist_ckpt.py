@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from .forked_children import die_with_this_thread
+
 SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
@@ -67,12 +69,20 @@ def save(directory: str | Path, chunks, optimizer, extra: dict) -> None:
     if busy.item():
         raise FileExistsError(f"checkpoint directory {path} is not empty; save into a new directory")
     _materialize_adam_state(chunks, optimizer)  # saving before the first step needs the state too
-    _in_process_results_queue()
     state = _sharded_state_dict(chunks, optimizer, is_loading=False)
     state["engine"] = dict(extra)
     meta = {**SHARDING, "distributed_optimizer": _is_distributed(optimizer)}
-    dist_checkpointing.save(state, str(path), content_metadata=meta)
+    synchronous_save(state, path, content_metadata=meta)
     dist.barrier()
+
+
+def synchronous_save(sharded_state: dict, directory: str | Path, **save_kwargs) -> None:
+    """``dist_checkpointing.save`` with no helper process left behind if this process is killed mid-save:
+    an in-process results queue instead of megatron's Manager server, and its forked file writers die
+    with the saving thread (forked_children.py says why each matters)."""
+    _in_process_results_queue()
+    with die_with_this_thread():
+        dist_checkpointing.save(sharded_state, str(directory), **save_kwargs)
 
 
 def _in_process_results_queue() -> None:

@@ -9,7 +9,7 @@ and is the source of truth; TensorBoard, W&B and the console line are views on i
 Nothing here imports torch, tensorboard, wandb or matplotlib at import time: each is loaded only
 by the sink or the plot that needs it.
 """
-from .history import METRICS_FILE, MetricsFileError, read_metrics
+from .history import METRICS_FILE, MetricsFileError, held_out_accuracy_series, read_metrics
 from .keys import METRIC_KEYS
 from .progress import ConsoleProgress, format_duration, format_progress_line
 from .sinks import (JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink, build_sinks,
@@ -18,5 +18,5 @@ from .sinks import (JsonlSink, MetricSink, MultiSink, TensorBoardSink, WandbSink
 __all__ = [
     "METRICS_FILE", "METRIC_KEYS", "ConsoleProgress", "JsonlSink", "MetricSink", "MetricsFileError",
     "MultiSink", "TensorBoardSink", "WandbSink", "build_sinks", "format_duration",
-    "format_progress_line", "read_metrics", "set_aside_previous_record",
+    "format_progress_line", "held_out_accuracy_series", "read_metrics", "set_aside_previous_record",
 ]

@@ -96,3 +96,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                                f"dcpo-train (logging writes {METRICS_FILE} at the top of it)")
     with open(path, encoding="utf-8", errors="replace") as fh:
         return parse_lines(fh.readlines(), str(path))
+
+
+def held_out_accuracy_series(rows: list[dict]) -> list[tuple[int, float]]:
+    """``(step, Avg@1)`` for every record with an in-training evaluation, in file order. With several
+    eval sets a record holds several ``eval/<set>/avg@1`` keys; the first one written counts."""
+    series = []
+    for row in rows:
+        keys = [k for k in row if k.startswith("eval/") and k.endswith("/avg@1")]
+        if keys:
+            series.append((int(row["step"]), float(row[keys[0]])))
+    return series

@@ -11,7 +11,8 @@ every optimizer step, the weights pushed into the real server, and the checkpoin
 
 Kill POINTs: rollout (after the cursor advanced for step STEP, before its batch is complete), update
 (inside the first optimizer step of step STEP), sync (inside the weight push after step STEP), save
-(inside checkpoint STEP, every file written, before the rename that publishes it). The production code
+(inside checkpoint STEP, every file written, before the rename that publishes it), writers (checkpoint
+STEP's forked megatron file writer SIGKILLs the trainer mid-write, then dawdles). The production code
 is unchanged: hooks are monkeypatches in this process, and the kill is a real SIGKILL.
 """
 from __future__ import annotations
@@ -106,11 +107,33 @@ def install_kill(point: str, step: int) -> None:
             return orig(self, tmp, s)
 
         CheckpointManager._publish = publish
+    elif point == "writers":
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+
+        from dcpo_mcore.checkpoint.manager import CheckpointManager
+
+        orig_save, orig_write = CheckpointManager.save, FileSystemWriterAsync.write_preloaded_data
+
+        def save(self, s, *args, **kwargs):
+            _saving[0] = s  # copied into the writer processes megatron forks during this save
+            return orig_save(self, s, *args, **kwargs)
+
+        def write_preloaded_data(*args, **kwargs):  # runs in a forked writer process
+            if _saving[0] == step and kwargs.get("local_proc_idx", 0) == 0:
+                print(f"[kill_trainer] SIGKILL to the trainer from its checkpoint writer, step {step}", flush=True)
+                os.kill(os.getppid(), signal.SIGKILL)
+                import time
+                time.sleep(120)  # a slow write: without the fork hook this process outlives the trainer
+            return orig_write(*args, **kwargs)
+
+        CheckpointManager.save = save
+        FileSystemWriterAsync.write_preloaded_data = staticmethod(write_preloaded_data)
     elif point != "rollout":
         raise SystemExit(f"unknown kill point {point!r}")
 
 
 _current_step = [0]
+_saving = [None]
 
 
 def _track_step() -> None:

@@ -171,7 +171,7 @@ def test_two_cpu_runs_sample_differently(setup, reference):
     assert any(ref[k] != got[k] for k in fields), "two runs sampled identically: SGLang is deterministic here now"
 
 
-@pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2)])
+@pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2), ("writers", 2)])
 def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point, step):
     import torch
 
@@ -180,6 +180,7 @@ def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point
     killed = _run(_args(setup, run_dir), *replay, "--kill", point, str(step))
     assert killed.returncode == -9, (killed.returncode, killed.stdout[-2000:], killed.stderr[-3000:])
     assert "[kill_trainer] SIGKILL" in killed.stdout
+    _assert_nothing_left_holding(run_dir, "the SIGKILLed trainer")
     resumed = _run(_args(setup, run_dir), *replay)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming at step 1" in resumed.stderr, resumed.stderr[-3000:]
@@ -289,10 +290,48 @@ def test_a_stopped_trainer_leaves_no_sglang_server_behind(setup, tmp_path, sig):
         try:
             os.kill(server_pid, 0)
         except ProcessLookupError:
+            break
+        time.sleep(1)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        pytest.fail(f"SGLang server {server_pid} outlived the trainer stopped by {sig.name}")
+    _assert_nothing_left_holding(run_dir, f"the trainer stopped by {sig.name}")
+
+
+def _assert_nothing_left_holding(run_dir: Path, who: str, wait_s: int = 30) -> None:
+    """No process outlives ``who`` with a file of its run dir open: a forked megatron checkpoint writer,
+    say, must die with a trainer killed mid-save (engine/forked_children.py)."""
+    import os
+    import signal
+    import time
+
+    for _ in range(wait_s):
+        holders = _processes_with_open_files_under(run_dir)
+        if not holders:
             return
         time.sleep(1)
-    os.kill(server_pid, signal.SIGKILL)
-    pytest.fail(f"SGLang server {server_pid} outlived the trainer stopped by {sig.name}")
+    for pid in holders:
+        os.kill(pid, signal.SIGKILL)
+    pytest.fail(f"processes outlived {who}, holding files in its run dir: {holders}")
+
+
+def _processes_with_open_files_under(directory: Path) -> dict[int, str]:
+    """pid -> command line of every process with a file under ``directory`` open (or it as its cwd)."""
+    import os
+
+    root, found = str(directory.resolve()), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{entry}/cwd")] + [os.readlink(f"/proc/{entry}/fd/{fd}")
+                                                            for fd in os.listdir(f"/proc/{entry}/fd")]
+            if any(link == root or link.startswith(root + "/") for link in links):
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours
+    return found
 
 
 def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):

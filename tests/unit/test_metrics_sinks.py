@@ -10,7 +10,7 @@ import pytest
 from dcpo_mcore.metrics import (METRIC_KEYS, ConsoleProgress, JsonlSink, MetricSink, MetricsFileError,
                                 MultiSink, TensorBoardSink, WandbSink, build_sinks, read_metrics,
                                 set_aside_previous_record)
-from dcpo_mcore.metrics.history import encode_line
+from dcpo_mcore.metrics.history import encode_line, held_out_accuracy_series
 from dcpo_mcore.metrics.keys import NAMESPACES
 
 
@@ -141,6 +141,14 @@ def test_reader_missing_file_is_one_line(tmp_path):
     assert "no metrics file" in msg and "metrics.jsonl" in msg and "\n" not in msg
     with pytest.raises(MetricsFileError, match="not a directory"):
         read_metrics(tmp_path / "nope")
+
+
+def test_held_out_accuracy_series_takes_each_evaluated_steps_first_eval_set():
+    rows = [{"step": 0, "eval/arith/avg@1": 0.35, "eval/arith/avg@8": 0.5},
+            {"step": 1, "reward/mean": 0.2},
+            {"step": 2, "eval/arith/avg@1": 0.5, "eval/other/avg@1": 0.1, "eval/arith/format_error_ratio": 0.0}]
+    assert held_out_accuracy_series(rows) == [(0, 0.35), (2, 0.5)]
+    assert held_out_accuracy_series([{"step": 1, "reward/mean": 0.2}]) == []
 
 
 def test_tensorboard_event_file_reads_back(tmp_path):

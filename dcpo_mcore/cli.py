@@ -84,6 +84,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-target", type=float, default=defaults.pretrain_target,
                    help="stop pretraining at this held-out greedy accuracy")
     p.add_argument("--pretrain-max-seconds", type=float, default=defaults.pretrain_max_seconds)
+    p.add_argument("--n-eval-balanced", type=int, default=defaults.n_eval_balanced,
+                   help="size of the second, half-product held-out set (0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the 'more pretraining, same time' baseline")
     p.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. steps=100 algo.name=grpo")
     args = p.parse_args(argv)
@@ -97,7 +99,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     from dcpo_mcore.demo.run import run_demo
 
     opts = DemoOptions(n_train=args.n_train, pretrain_target=args.pretrain_target,
-                       pretrain_max_seconds=args.pretrain_max_seconds, baseline=not args.no_baseline)
+                       pretrain_max_seconds=args.pretrain_max_seconds, n_eval_balanced=args.n_eval_balanced,
+                       baseline=not args.no_baseline)
     try:
         run_demo(args.config, args.overrides, opts)
     except (ValueError, OSError, RuntimeError) as exc:

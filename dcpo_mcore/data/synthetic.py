@@ -15,9 +15,11 @@ from pathlib import Path
 
 from .records import DataError
 
-__all__ = ["ARITH_DATA_SOURCE", "DCPO_SYSTEM_PROMPT", "arith_alphabet", "arith_questions", "make_arithmetic_task"]
+__all__ = ["ARITH_BALANCED_DATA_SOURCE", "ARITH_DATA_SOURCE", "DCPO_SYSTEM_PROMPT", "arith_alphabet", "arith_questions", "make_arithmetic_task"]
 
 ARITH_DATA_SOURCE = "synthetic_arith"
+ARITH_BALANCED_DATA_SOURCE = "synthetic_arith_balanced"
+_N_PRODUCTS = 9 * 90
 DCPO_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 _QUESTION_CHARS = "What is 0123456789+*?"
 _ANSWER_CHARS = "\\boxed{}0123456789"
@@ -36,42 +38,57 @@ def arith_questions(seed: int) -> list[tuple[str, str]]:
 
 
 def make_arithmetic_task(out_dir: str | Path, *, seed: int, n_train: int, n_eval: int,
-                         system_prompt: str | None = None) -> tuple[Path, Path]:
+                         system_prompt: str | None = None, n_eval_balanced: int = 0) -> tuple[Path, ...]:
     """Write ``train.parquet`` and ``eval.parquet`` under ``out_dir``; return their paths.
 
-    Deterministic in (seed, n_train, n_eval, system_prompt). The eval questions are drawn first and the
-    train questions after them from the same shuffled pool, so the splits never share a question.
-    ``extra_info.index`` runs 0..n_train-1 in train and continues n_train.. in eval, so keys stay unique
-    even if both files are loaded together. ``system_prompt`` (e.g. :data:`DCPO_SYSTEM_PROMPT`) adds a
-    system message before the user question; None (default) gives the question alone, which suits
+    ``eval`` is an i.i.d. held-out split: drawn at random from the same pool as ``train`` (so about 91%
+    sums, like the 8100 sums among the 8910 questions). ``n_eval_balanced > 0`` also writes
+    ``eval_balanced.parquet`` (returned third): half sums, half products, drawn before the other two, a
+    harder set that shows how much of a gain reaches the products (train holds only ~9% of them). Its rows
+    have ``data_source`` :data:`ARITH_BALANCED_DATA_SOURCE`, so in-training evaluation reports it apart.
+
+    Deterministic in (seed, sizes, system_prompt). No two files share a question. ``extra_info.index`` runs
+    0..n_train-1 in train and continues through eval, then eval_balanced, so keys stay unique even if the
+    files are loaded together. ``system_prompt`` (e.g. :data:`DCPO_SYSTEM_PROMPT`) adds a system message
+    before the user question; None (default) gives the question alone, which suits
     ``data.chat_template=none`` with a tiny model.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pool = arith_questions(seed)
-    for name, value in (("n_train", n_train), ("n_eval", n_eval)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"make_arithmetic_task {name} must be a positive int, not {value!r}")
-    if n_train + n_eval > len(pool):
-        raise DataError(f"n_train + n_eval = {n_train + n_eval} exceeds the {len(pool)} distinct arithmetic "
-                        "questions; ask for fewer")
+    for name, value, least in (("n_train", n_train, 1), ("n_eval", n_eval, 1), ("n_eval_balanced", n_eval_balanced, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            kind = "a positive" if least else "a non-negative"
+            raise DataError(f"make_arithmetic_task {name} must be {kind} int, not {value!r}")
+    if n_eval_balanced % 2 or n_eval_balanced > 2 * _N_PRODUCTS:
+        raise DataError(f"make_arithmetic_task n_eval_balanced must be even and at most {2 * _N_PRODUCTS}, "
+                        f"not {n_eval_balanced}")
+    if n_train + n_eval + n_eval_balanced > len(pool):
+        raise DataError(f"n_train + n_eval + n_eval_balanced = {n_train + n_eval + n_eval_balanced} exceeds the "
+                        f"{len(pool)} distinct arithmetic questions; ask for fewer")
+    balanced = pool[:n_eval_balanced]  # the pool starts by alternating sums and products
+    rest = pool[n_eval_balanced:]
+    random.Random(f"{seed}:iid-split").shuffle(rest)  # a random split of what is left: eval ~ train
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits = (("train", pool[n_eval:n_eval + n_train], 0), ("eval", pool[:n_eval], n_train))
+    splits = [("train", rest[n_eval:n_eval + n_train], 0, ARITH_DATA_SOURCE),
+              ("eval", rest[:n_eval], n_train, ARITH_DATA_SOURCE)]
+    if n_eval_balanced:
+        splits.append(("eval_balanced", balanced, n_train + n_eval, ARITH_BALANCED_DATA_SOURCE))
     paths = []
-    for split, items, first_index in splits:
-        rows = [_row(q, a, first_index + i, split, system_prompt) for i, (q, a) in enumerate(items)]
+    for split, items, first_index, source in splits:
+        rows = [_row(q, a, first_index + i, split, system_prompt, source) for i, (q, a) in enumerate(items)]
         path = out / f"{split}.parquet"
         pq.write_table(pa.Table.from_pylist(rows), path)
         paths.append(path)
-    return paths[0], paths[1]
+    return tuple(paths)
 
 
-def _row(question: str, answer: str, index: int, split: str, system_prompt: str | None) -> dict:
+def _row(question: str, answer: str, index: int, split: str, system_prompt: str | None, source: str) -> dict:
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else [])
     messages.append({"role": "user", "content": question})
-    return {"data_source": ARITH_DATA_SOURCE, "prompt": messages, "ability": "ARITH",
+    return {"data_source": source, "prompt": messages, "ability": "ARITH",
             "reward_model": {"ground_truth": answer, "style": "rule"},
             "extra_info": {"index": index, "raw_problem": question, "split": split}}
 

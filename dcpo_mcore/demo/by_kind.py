@@ -1,9 +1,10 @@
 """Held-out accuracy split by kind of question (sums vs products), for the demo's summary.
 
-The held-out set is half products while the training set is 91% sums (there are only 810 distinct
-products), and the pretrained model answers almost no product. Overall accuracy hides that; this split
-shows where a gain comes from (README, "The CPU demo"). Greedy decoding in transformers, graded by the
-same verifier as training, on the exported HF models.
+The training set is 91% sums (there are only 810 distinct products), and so is the random held-out split;
+the demo's second held-out set is half products. The pretrained model answers almost no product, and RL
+does not change that. Overall accuracy hides it; this split shows where a gain comes from (README, "The
+CPU demo"). Greedy decoding in transformers, graded by the same verifier as training, on the exported HF
+models.
 """
 from __future__ import annotations
 

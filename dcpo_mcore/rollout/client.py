@@ -209,6 +209,9 @@ class RolloutClient:
             status, payload, cause = None, None, None
             async with sem:
                 flight.rids[rid] = url
+                if self._abort_requested:  # abort() may have listed the rids just before this one: don't send it
+                    flight.rids.pop(rid, None)
+                    raise asyncio.CancelledError
                 self.stats["requests"] += 1
                 try:
                     async with session.post(url + "/generate", json={**body, "rid": rid}, timeout=timeout) as resp:

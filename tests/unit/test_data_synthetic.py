@@ -4,8 +4,8 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from dcpo_mcore.data import (DCPO_SYSTEM_PROMPT, DataError, arith_alphabet, arith_questions, load_prompt_dataset,
-                             make_arithmetic_task)
+from dcpo_mcore.data import (ARITH_BALANCED_DATA_SOURCE, DCPO_SYSTEM_PROMPT, DataError, arith_alphabet,
+                             arith_questions, load_prompt_dataset, make_arithmetic_task)
 from dcpo_mcore.hf.tiny import make_bpe_tokenizer
 
 QUESTION = re.compile(r"What is (\d+)([+*])(\d+)\?")
@@ -43,6 +43,31 @@ def test_splits_are_disjoint_and_indices_unique(tmp_path):
     assert {r["extra_info"]["split"] for r in tr} == {"train"} and {r["extra_info"]["split"] for r in ev} == {"eval"}
 
 
+def _product_share(path):
+    return sum("*" in question_of(r) for r in rows(path)) / len(rows(path))
+
+
+def test_eval_is_an_iid_split_and_the_balanced_set_is_half_products(tmp_path):
+    train, evl, balanced = make_arithmetic_task(tmp_path, seed=3, n_train=4000, n_eval=1000, n_eval_balanced=200)
+    # i.i.d.: eval has the pool's product share (810 of 8910 = 9.1%), like train, not the balanced set's half
+    assert abs(_product_share(evl) - 810 / 8910) < 0.03 and abs(_product_share(train) - 810 / 8910) < 0.03
+    assert _product_share(balanced) == 0.5 and balanced.name == "eval_balanced.parquet"
+    sets = [{question_of(r) for r in rows(p)} for p in (train, evl, balanced)]
+    assert [len(q) for q in sets] == [4000, 1000, 200] and len(set().union(*sets)) == 5200  # pairwise disjoint
+    assert [r["extra_info"]["index"] for r in rows(balanced)] == list(range(5000, 5200))
+    assert {r["data_source"] for r in rows(balanced)} == {ARITH_BALANCED_DATA_SOURCE}
+    assert {r["extra_info"]["split"] for r in rows(balanced)} == {"eval_balanced"}
+    # asking for the balanced set leaves the i.i.d. files' composition alone
+    assert abs(_product_share(make_arithmetic_task(tmp_path / "b", seed=3, n_train=4000, n_eval=1000)[1])
+               - 810 / 8910) < 0.03
+
+
+@pytest.mark.parametrize("n_bal,message", [(3, "must be even"), (1622, "at most 1620"), (-2, "non-negative int")])
+def test_bad_balanced_sizes_are_refused(tmp_path, n_bal, message):
+    with pytest.raises(DataError, match=message):
+        make_arithmetic_task(tmp_path, seed=0, n_train=5, n_eval=5, n_eval_balanced=n_bal)
+
+
 def test_deterministic_in_seed(tmp_path):
     a = make_arithmetic_task(tmp_path / "a", seed=7, n_train=50, n_eval=20)
     b = make_arithmetic_task(tmp_path / "b", seed=7, n_train=50, n_eval=20)
@@ -69,6 +94,8 @@ def test_system_prompt_choice(tmp_path):
 def test_too_many_or_bad_sizes_are_refused(tmp_path):
     with pytest.raises(DataError, match="exceeds the 8910 distinct"):
         make_arithmetic_task(tmp_path, seed=0, n_train=8900, n_eval=11)
+    with pytest.raises(DataError, match="exceeds the 8910 distinct"):
+        make_arithmetic_task(tmp_path, seed=0, n_train=8700, n_eval=11, n_eval_balanced=200)
     with pytest.raises(DataError, match="n_eval must be a positive int"):
         make_arithmetic_task(tmp_path, seed=0, n_train=5, n_eval=0)
 

@@ -149,6 +149,8 @@ def test_held_out_accuracy_series_takes_each_evaluated_steps_first_eval_set():
             {"step": 2, "eval/arith/avg@1": 0.5, "eval/other/avg@1": 0.1, "eval/arith/format_error_ratio": 0.0}]
     assert held_out_accuracy_series(rows) == [(0, 0.35), (2, 0.5)]
     assert held_out_accuracy_series([{"step": 1, "reward/mean": 0.2}]) == []
+    assert held_out_accuracy_series(rows, "other") == [(2, 0.1)]
+    assert held_out_accuracy_series(rows, "missing") == []
 
 
 def test_tensorboard_event_file_reads_back(tmp_path):

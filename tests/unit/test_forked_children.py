@@ -12,6 +12,9 @@ import sys
 import textwrap
 import time
 
+from tests.proc_helpers import running as _running
+from tests.proc_helpers import wait_until as _wait_until
+
 OWNER = textwrap.dedent("""
     import json, multiprocessing as mp, os, threading, time
     from dcpo_mcore.engine.forked_children import die_with_this_thread
@@ -51,23 +54,6 @@ OWNER = textwrap.dedent("""
     print(json.dumps(pids), flush=True)
     sleep_forever()
 """)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def test_only_the_armed_threads_own_children_die_with_a_sigkilled_parent():

@@ -14,6 +14,7 @@ import pytest
 
 from dcpo_mcore.rollout.guardian import group_members
 from dcpo_mcore.rollout.process import ManagedProcess
+from tests.proc_helpers import wait_until as _wait_until
 
 OWNER = textwrap.dedent("""
     import sys, time
@@ -25,15 +26,6 @@ OWNER = textwrap.dedent("""
     print(pid, flush=True)
     time.sleep(300)
 """)
-
-
-def _wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _start_owner(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from dcpo_mcore.rollout import EngineAdmin, LaunchSpec, ServerLaunchError, ServerManager
 from dcpo_mcore.rollout.ports import PORTS, PortAllocator
 from dcpo_mcore.rollout.server import CPU_SERVER_ARGS, build_server_command
+from tests.proc_helpers import running as _alive
 
 FAKE = "dcpo_mcore.rollout.fake_server"
 REPO = Path(__file__).resolve().parents[2]
@@ -26,14 +26,6 @@ def _spec(**kw) -> LaunchSpec:
     base = dict(model_path="fake-model", device="cpu", server_module=FAKE, shutdown_grace_s=3.0,
                 startup_timeout_s=60.0, watch_interval_s=0.2, env=env)
     return LaunchSpec(**{**base, **kw})
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_launches_servers_with_logs_and_stops_only_them(tmp_path):

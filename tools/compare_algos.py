@@ -138,11 +138,13 @@ def _wall_seconds(run_dir: Path) -> float | None:
 
 
 def summarise(algo: str, run_dir: Path) -> dict:
+    from dcpo_mcore.data import ARITH_DATA_SOURCE
+    from dcpo_mcore.evaluation import dataset_name
     from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
     rows = read_metrics(run_dir)
     train = [r for r in rows if "clip/token_clip_ratio" in r]
-    evals = held_out_accuracy_series(rows)
+    evals = held_out_accuracy_series(rows, dataset_name(ARITH_DATA_SOURCE))  # the random held-out split
 
     def mean(key: str) -> float:
         return sum(r[key] for r in train) / len(train)

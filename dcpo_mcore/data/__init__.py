@@ -15,7 +15,8 @@ dedup_replicas) -> PromptDataset``
     depends only on (seed, epoch), and ``state_dict()`` (plain JSON) resumes it exactly.
 ``render_prompt(tokenizer, messages, mode)`` / ``encode_prompts(tokenizer, texts)``
     The chat-template and tokenisation rules the loader uses (ids without added special tokens).
-``make_arithmetic_task(out_dir, *, seed, n_train, n_eval, system_prompt=None, n_eval_balanced=0)`` / ``arith_alphabet()``
+``make_arithmetic_task(out_dir, *, seed, n_train, n_eval, system_prompt=None, n_eval_balanced=0)``,
+``arith_alphabet()``
     The CPU demo's synthetic addition/multiplication task in the same file layout: train, an i.i.d.
     held-out split, and optionally a harder held-out set that is half products.
 
@@ -32,7 +33,8 @@ from .template import CHAT_TEMPLATE_MODES, TemplateRenderError, encode_prompts, 
 
 __all__ = [
     "ARITH_BALANCED_DATA_SOURCE", "ARITH_DATA_SOURCE", "BAD_ROW_POLICIES", "BAD_ROW_REASONS", "CHAT_TEMPLATE_MODES",
-    "DCPO_SYSTEM_PROMPT", "DataError", "LoadReport", "PROMPT_KEY_MODES", "PromptCursor", "PromptDataset", "PromptRecord",
+    "DCPO_SYSTEM_PROMPT", "DataError", "LoadReport", "PROMPT_KEY_MODES", "PromptCursor", "PromptDataset",
+    "PromptRecord",
     "SUPPORTED_EXTENSIONS", "TemplateRenderError", "arith_alphabet", "arith_questions", "encode_prompts",
     "load_prompt_dataset", "make_arithmetic_task", "make_prompt_key", "render_prompt",
 ]

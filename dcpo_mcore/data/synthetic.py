@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .records import DataError
 
-__all__ = ["ARITH_BALANCED_DATA_SOURCE", "ARITH_DATA_SOURCE", "DCPO_SYSTEM_PROMPT", "arith_alphabet", "arith_questions", "make_arithmetic_task"]
+__all__ = ["ARITH_BALANCED_DATA_SOURCE", "ARITH_DATA_SOURCE", "DCPO_SYSTEM_PROMPT", "arith_alphabet", "arith_questions",
+           "make_arithmetic_task"]
 
 ARITH_DATA_SOURCE = "synthetic_arith"
 ARITH_BALANCED_DATA_SOURCE = "synthetic_arith_balanced"
@@ -57,7 +58,8 @@ def make_arithmetic_task(out_dir: str | Path, *, seed: int, n_train: int, n_eval
     import pyarrow.parquet as pq
 
     pool = arith_questions(seed)
-    for name, value, least in (("n_train", n_train, 1), ("n_eval", n_eval, 1), ("n_eval_balanced", n_eval_balanced, 0)):
+    sizes = (("n_train", n_train, 1), ("n_eval", n_eval, 1), ("n_eval_balanced", n_eval_balanced, 0))
+    for name, value, least in sizes:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             kind = "a positive" if least else "a non-negative"
             raise DataError(f"make_arithmetic_task {name} must be {kind} int, not {value!r}")

@@ -26,12 +26,15 @@ __all__ = ["die_with_this_thread"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _armed: tuple[int, int] | None = None  # (pid, thread ident) of the process and thread inside the context
+# libc's prctl, looked up in the parent: a dlopen/dlsym in a child forked from a multithreaded process can
+# deadlock on the dynamic loader's lock if another thread held it at the fork.
+_prctl_fn = None
 _forker_pid: int | None = None  # written by the before-fork hook in the parent, read by the child's copy
 _hooks_registered = False
 _lock = threading.Lock()
 
 
-def _prctl():
+def _find_prctl():
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
@@ -50,7 +53,7 @@ def _after_fork_in_child() -> None:
     armed = _armed
     if armed is None or armed != (_forker_pid, threading.get_ident()):
         return
-    prctl = _prctl()
+    prctl = _prctl_fn
     if prctl is None or prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
         return
     if os.getppid() != armed[0]:  # the parent died before the prctl took effect
@@ -63,9 +66,10 @@ def die_with_this_thread():
 
     Not reentrant across threads: one thread at a time may hold it (saves are one at a time anyway).
     """
-    global _armed, _hooks_registered
+    global _armed, _hooks_registered, _prctl_fn
     with _lock:
         if not _hooks_registered:
+            _prctl_fn = _find_prctl()
             os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
             _hooks_registered = True
         if _armed is not None:

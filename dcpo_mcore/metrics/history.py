@@ -98,13 +98,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         return parse_lines(fh.readlines(), str(path))
 
 
-def held_out_accuracy_series(rows: list[dict], dataset: str | None = None) -> list[tuple[int, float]]:
+def held_out_accuracy_series(rows: list[dict], dataset: str) -> list[tuple[int, float]]:
     """``(step, Avg@1)`` for every record with an in-training evaluation of ``dataset`` (the key
-    ``eval/<dataset>/avg@1``), in file order. ``dataset=None``: the first eval set written in each record."""
-    series = []
-    for row in rows:
-        keys = [f"eval/{dataset}/avg@1"] if dataset is not None else \
-            [k for k in row if k.startswith("eval/") and k.endswith("/avg@1")][:1]
-        if keys and keys[0] in row:
-            series.append((int(row["step"]), float(row[keys[0]])))
-    return series
+    ``eval/<dataset>/avg@1``, see ``evaluation.dataset_name``), in file order."""
+    key = f"eval/{dataset}/avg@1"
+    return [(int(row["step"]), float(row[key])) for row in rows if key in row]

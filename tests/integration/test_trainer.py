@@ -171,7 +171,8 @@ def test_two_cpu_runs_sample_differently(setup, reference):
     assert any(ref[k] != got[k] for k in fields), "two runs sampled identically: SGLang is deterministic here now"
 
 
-@pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2), ("writers", 2)])
+@pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2),
+                                        ("writers", 2)])
 def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point, step):
     import torch
 
@@ -303,35 +304,15 @@ def _assert_nothing_left_holding(run_dir: Path, who: str, wait_s: int = 30) -> N
     say, must die with a trainer killed mid-save (engine/forked_children.py)."""
     import os
     import signal
-    import time
 
-    for _ in range(wait_s):
-        holders = _processes_with_open_files_under(run_dir)
-        if not holders:
-            return
-        time.sleep(1)
+    from tests.proc_helpers import processes_holding, wait_until
+
+    if wait_until(lambda: not processes_holding(run_dir), wait_s, poll_s=1.0):
+        return
+    holders = processes_holding(run_dir)
     for pid in holders:
         os.kill(pid, signal.SIGKILL)
     pytest.fail(f"processes outlived {who}, holding files in its run dir: {holders}")
-
-
-def _processes_with_open_files_under(directory: Path) -> dict[int, str]:
-    """pid -> command line of every process with a file under ``directory`` open (or it as its cwd)."""
-    import os
-
-    root, found = str(directory.resolve()), {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            links = [os.readlink(f"/proc/{entry}/cwd")] + [os.readlink(f"/proc/{entry}/fd/{fd}")
-                                                            for fd in os.listdir(f"/proc/{entry}/fd")]
-            if any(link == root or link.startswith(root + "/") for link in links):
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
-            continue  # gone meanwhile, or not ours
-    return found
 
 
 def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):

@@ -143,12 +143,12 @@ def test_reader_missing_file_is_one_line(tmp_path):
         read_metrics(tmp_path / "nope")
 
 
-def test_held_out_accuracy_series_takes_each_evaluated_steps_first_eval_set():
+def test_held_out_accuracy_series_takes_each_evaluated_steps_avg1_of_the_named_set():
     rows = [{"step": 0, "eval/arith/avg@1": 0.35, "eval/arith/avg@8": 0.5},
             {"step": 1, "reward/mean": 0.2},
             {"step": 2, "eval/arith/avg@1": 0.5, "eval/other/avg@1": 0.1, "eval/arith/format_error_ratio": 0.0}]
-    assert held_out_accuracy_series(rows) == [(0, 0.35), (2, 0.5)]
-    assert held_out_accuracy_series([{"step": 1, "reward/mean": 0.2}]) == []
+    assert held_out_accuracy_series(rows, "arith") == [(0, 0.35), (2, 0.5)]
+    assert held_out_accuracy_series([{"step": 1, "reward/mean": 0.2}], "arith") == []
     assert held_out_accuracy_series(rows, "other") == [(2, 0.1)]
     assert held_out_accuracy_series(rows, "missing") == []
 

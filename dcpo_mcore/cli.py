@@ -40,6 +40,35 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def _log_to_file(path: Path) -> Path:
+    """Everything logged in this process also goes to ``path`` (appended: a resumed run keeps its history)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return path
+
+
+def run_reporting_errors(prog: str, work, log_file: Path | None):
+    """``work()``, with a user's mistake (:func:`dcpo_mcore.errors.is_user_error`) reported in one line
+    (returns ``(False, None)``), and a bug left to raise with its full traceback, after one line saying
+    where the log is. ``(True, result)`` otherwise."""
+    from dcpo_mcore.errors import is_user_error
+
+    try:
+        return True, work()
+    except Exception as exc:
+        if is_user_error(exc):
+            logging.getLogger(__name__).debug("%s failed", prog, exc_info=True)
+            print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return False, None
+        logging.getLogger(__name__).error("%s: internal error (a bug: please report it with this traceback)",
+                                          prog, exc_info=True)
+        where = f"; the run's log is {log_file}" if log_file is not None else ""
+        print(f"{prog}: internal error {type(exc).__name__} (a bug; full traceback follows{where})",
+              file=sys.stderr, flush=True)
+        raise
+
+
 def train_main(argv: list[str] | None = None) -> int:
     _cpu_allocator_env()
     _exit_cleanly_on_sigterm()
@@ -57,13 +86,9 @@ def train_main(argv: list[str] | None = None) -> int:
     print(f"[dcpo-train] resolved config written to {saved}", flush=True)
     from dcpo_mcore.trainer import train
 
-    try:
-        summary = train(cfg)
-    except (ValueError, OSError, RuntimeError) as exc:
-        # Setup and data problems are reported in one line; a traceback helps nobody there. The full
-        # traceback is still in the log at DEBUG level for developers.
-        logging.getLogger(__name__).debug("training failed", exc_info=True)
-        print(f"dcpo-train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    log_file = _log_to_file(run_dir / "train.log")
+    ok, summary = run_reporting_errors("dcpo-train", lambda: train(cfg), log_file)
+    if not ok:
         return 1
     done = "preempted at" if summary["preempted"] else "finished at"
     print(f"[dcpo-train] {done} step {summary['last_step']}/{cfg.steps}; metrics in {run_dir}/metrics.jsonl",
@@ -101,13 +126,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     opts = DemoOptions(n_train=args.n_train, pretrain_target=args.pretrain_target,
                        pretrain_max_seconds=args.pretrain_max_seconds, n_eval_balanced=args.n_eval_balanced,
                        baseline=not args.no_baseline)
-    try:
-        run_demo(args.config, args.overrides, opts)
-    except (ValueError, OSError, RuntimeError) as exc:
-        logging.getLogger(__name__).debug("demo failed", exc_info=True)
-        print(f"dcpo-demo: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    ok, _ = run_reporting_errors("dcpo-demo", lambda: run_demo(args.config, args.overrides, opts), None)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .argparsing import OneLineErrorParser
 
+from dcpo_mcore.errors import UserError
+
 _EPILOG = """examples:
   dcpo-eval --model Qwen2.5-Math-7B --data data/math500.parquet data/aime_2024.parquet        # Avg@1, greedy
   dcpo-eval --model Qwen2.5-Math-7B --data data/aime_2024.parquet --sample                    # Avg@32
@@ -29,7 +31,7 @@ DEFAULT_OUT = "eval_results.json"
 CPU_MIN_TOTAL_TOKENS = 4096  # the CPU server's default KV pool (rollout/server.py CPU_SERVER_ARGS)
 
 
-class EvalInputError(Exception):
+class EvalInputError(UserError):
     """A problem with the command line or its files; exit code 2."""
 
 

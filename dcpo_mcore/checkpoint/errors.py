@@ -5,6 +5,8 @@ A :class:`CheckpointError` message is one line: the path, what is wrong with it,
 """
 from __future__ import annotations
 
+from dcpo_mcore.errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
     """A checkpoint cannot be written or loaded (corrupt, incomplete, missing or mismatched)."""

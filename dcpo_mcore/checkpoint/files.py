@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from dcpo_mcore.errors import UserValueError
+
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 CHECKSUM_MAX_BYTES = 64 << 20
@@ -95,14 +97,14 @@ def read_manifest(ckpt: Path) -> dict:
     """The parsed manifest; raises ValueError with a short reason (the caller adds path and advice)."""
     path = ckpt / MANIFEST
     if not path.is_file():
-        raise ValueError("no manifest.json (the save did not finish)")
+        raise UserValueError("no manifest.json (the save did not finish)")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"manifest.json is unreadable ({type(exc).__name__})") from None
+        raise UserValueError(f"manifest.json is unreadable ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
             or not isinstance(manifest.get("files"), dict):
-        raise ValueError(f"manifest.json is not a format-{MANIFEST_FORMAT} manifest")
+        raise UserValueError(f"manifest.json is not a format-{MANIFEST_FORMAT} manifest")
     return manifest
 
 

@@ -18,6 +18,8 @@ import sys
 
 import torch
 
+from dcpo_mcore.errors import UserValueError
+
 _TRACKER_MODULE = "megatron.core.tensor_parallel.random"
 FORMAT = 1
 
@@ -47,7 +49,7 @@ def restore_rng_state(state: dict, host_only: bool = False) -> None:
     but copying rank 0's tracker onto every rank would give all TP ranks the same dropout masks.
     """
     if state.get("format") != FORMAT:
-        raise ValueError(f"RNG state format {state.get('format')!r} is not {FORMAT}; it was written by "
+        raise UserValueError(f"RNG state format {state.get('format')!r} is not {FORMAT}; it was written by "
                          "another version of dcpo-mcore")
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -62,7 +64,7 @@ def restore_rng_state(state: dict, host_only: bool = False) -> None:
     if "cuda" in state and torch.cuda.is_available():
         saved = state["cuda"]
         if len(saved) != torch.cuda.device_count():
-            raise ValueError(f"RNG state has {len(saved)} CUDA generators, this process sees "
+            raise UserValueError(f"RNG state has {len(saved)} CUDA generators, this process sees "
                              f"{torch.cuda.device_count()} devices; resume with the same devices per rank")
         torch.cuda.set_rng_state_all([s.clone() for s in saved])
     if "tracker" in state:

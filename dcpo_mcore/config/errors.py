@@ -10,8 +10,10 @@ from typing import Any, Iterable, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from dcpo_mcore.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """Every configuration problem. `str()` is one line per problem; `.problems` holds the lines."""
 
     def __init__(self, problems: str | Iterable[str]):
@@ -19,7 +21,7 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-class ConfigProblems(ValueError):
+class ConfigProblems(UserError, ValueError):
     """Raised *inside* validators with lines that already carry their full field path.
 
     pydantic wraps any ValueError into its ValidationError; `from_validation_error` finds this

@@ -55,11 +55,6 @@ class LogprobCheck:
 class RunOptions:
     timeout_s: float | None = None  # whole-job wall clock limit (None: none)
     progress: bool = True  # rank 0 prints per-tensor progress on stdout
-    # Fork the CPU ranks from this process (after importing megatron once) instead of starting fresh
-    # interpreters: a 4-rank job starts in ~5 s instead of ~17 s on 2 cores. Only safe while this process
-    # has never run a multi-threaded torch op (a forked child then hangs in its first parallel matmul),
-    # which the CLI guarantees and a library caller usually cannot; hence off by default.
-    fork: bool = False
 
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, layout: Layout = Layout(), *, verify: bool = False,
@@ -220,7 +215,7 @@ def _run(steps: list[dict], config_dir: Path, layout: Layout, dtype: torch.dtype
         work.mkdir(parents=True)
     job = {"config": str(config_dir), "tp": layout.tp, "pp": layout.pp, "vpp": layout.vpp,
            "dtype": str(dtype).removeprefix("torch."), "progress": run.progress, "steps": steps}
-    spawn.run_job(job, layout.tp * layout.pp, timeout_s=run.timeout_s, fork=run.fork)
+    spawn.run_job(job, layout.tp * layout.pp, timeout_s=run.timeout_s)
 
 
 def _run_or_discard(partial: Path, *args) -> None:

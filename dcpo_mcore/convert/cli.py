@@ -79,8 +79,7 @@ def _dispatch(args) -> None:
     from . import api
     from .hf_io import parse_size
 
-    # fork=True: this process runs no multi-threaded torch op before the ranks start (see RunOptions).
-    run = api.RunOptions(timeout_s=args.timeout or None, progress=not args.quiet, fork=True)
+    run = api.RunOptions(timeout_s=args.timeout or None, progress=not args.quiet)
     given = None if args.tp is None and args.pp is None and args.vpp is None else \
         api.Layout(args.tp or 1, args.pp or 1, args.vpp)
     if args.cmd == "hf-to-mcore":

@@ -9,16 +9,18 @@ Messages are one line, say what is wrong and, where it helps, what to do.
 """
 from __future__ import annotations
 
+from dcpo_mcore.errors import UserError
+
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
     """Bad input (arguments, files, architecture, checkpoint); exit code 2."""
 
     exit_code = EXIT_BAD_INPUT
 
 
-class VerifyError(Exception):
+class VerifyError(UserError):
     """A self-check (--verify, --check-logprobs) failed; exit code 1."""
 
     exit_code = EXIT_VERIFY_FAILED

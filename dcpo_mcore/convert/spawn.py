@@ -4,12 +4,15 @@
   process runs the job itself over ``env://`` and rank 0 is the coordinator that finishes the output
   (all ranks must see the same filesystem).
 * Otherwise (the usual ``dcpo-convert`` call) this process is the coordinator and starts the ranks as
-  ``python -m dcpo_mcore.convert.worker`` subprocesses over gloo (CPU) or nccl (GPU, one per device), or
-  on CPU, when asked to, forks them from itself after importing megatron once (:class:`_ForkedRank`).
-  It hosts the rendezvous ``TCPStore`` on a port the OS picked (no free-port race), lets rank 0 print
+  fresh ``python -m dcpo_mcore.convert.worker`` interpreters over gloo (CPU) or nccl (GPU, one per
+  device). Never as forks of this process: it is multi-threaded from ``import torch`` on (and the
+  rendezvous store adds a server thread), and a child forked from a multi-threaded process can inherit
+  a lock some other thread held -- the 4-rank conversion that hung in CI with four empty logs. It hosts the rendezvous ``TCPStore`` on a port the OS picked (no free-port race), lets rank 0 print
   progress on this terminal, sends everything else from the ranks to per-rank logs, and turns the first
   failure into one exception: when one rank fails the others, typically blocked in a collective, get
   ``grace_s`` to report and are then killed (each rank's whole process group, helpers included).
+  A job past its timeout first gets SIGUSR1, on which every rank writes all its threads' Python
+  stacks to its log (:func:`.worker.main` arms ``faulthandler``), so a hang says where it was.
 """
 from __future__ import annotations
 
@@ -38,17 +41,12 @@ def is_coordinator() -> bool:
     return not launched_externally() or int(os.environ["RANK"]) == 0
 
 
-def run_job(job: dict, world_size: int, *, timeout_s: float | None = None, grace_s: float = 5.0,
-            fork: bool = False) -> None:
-    """Run ``job`` (see :mod:`.worker`) on ``world_size`` ranks; raise the first rank's error.
-
-    ``fork``: on CPU, fork the ranks from this process instead of starting fresh interpreters (see
-    ``api.RunOptions.fork`` for when that is safe).
-    """
+def run_job(job: dict, world_size: int, *, timeout_s: float | None = None, grace_s: float = 5.0) -> None:
+    """Run ``job`` (see :mod:`.worker`) on ``world_size`` ranks; raise the first rank's error."""
     if launched_externally():
         _run_in_this_process(job, world_size)
     else:
-        _spawn(job, world_size, timeout_s, grace_s, fork)
+        _spawn(job, world_size, timeout_s, grace_s)
 
 
 def _run_in_this_process(job: dict, world_size: int) -> None:
@@ -85,7 +83,7 @@ def _worker_env(world_size: int) -> dict[str, str]:
     return env
 
 
-def _spawn(job: dict, world: int, timeout_s: float | None, grace_s: float, fork: bool) -> None:
+def _spawn(job: dict, world: int, timeout_s: float | None, grace_s: float) -> None:
     import torch
     import torch.distributed as dist
 
@@ -93,9 +91,6 @@ def _spawn(job: dict, world: int, timeout_s: float | None, grace_s: float, fork:
     if on_gpu and world > torch.cuda.device_count():
         raise ConvertError(f"TP*PP = {world} ranks need {world} GPUs, this node has "
                            f"{torch.cuda.device_count()}; use a smaller layout or run under torchrun/srun")
-    fork = fork and not on_gpu and hasattr(os, "fork")  # forking after CUDA is initialised is unsafe
-    if fork:
-        _preload_rank_modules()
     job_dir = Path(tempfile.mkdtemp(prefix="dcpo-convert-"))
     store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=job.get("pg_timeout_s", 1800)))
@@ -107,9 +102,6 @@ def _spawn(job: dict, world: int, timeout_s: float | None, grace_s: float, fork:
     try:
         for r in range(world):
             log = job_dir / f"rank{r}.log"
-            if fork:
-                procs.append(_ForkedRank(job_file, r, log, int(env["OMP_NUM_THREADS"])))
-                continue
             with open(log, "wb") as f:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "dcpo_mcore.convert.worker", str(job_file), str(r)], env=env,
@@ -121,70 +113,6 @@ def _spawn(job: dict, world: int, timeout_s: float | None, grace_s: float, fork:
         del store
     _raise_first_failure(procs, exit_order, job_dir)
     shutil.rmtree(job_dir, ignore_errors=True)
-
-
-def _preload_rank_modules() -> None:
-    # Imported once here and inherited by every forked rank: ~7 s of CPU per rank saved (torch +
-    # megatron), which on a 2-core machine is most of a small conversion's wall time.
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # megatron's TE/apex notices would land on our stderr
-        from megatron.core import dist_checkpointing  # noqa: F401
-
-        from dcpo_mcore.engine import parallel  # noqa: F401
-
-        from . import rank_ops, worker  # noqa: F401
-
-
-class _ForkedRank:
-    """A rank forked from this process, with a ``subprocess.Popen``-like ``poll``/``wait``/``returncode``.
-
-    The child leads its own session (killable as a group, deaf to the terminal's Ctrl-C, which the
-    parent handles), writes stderr (and, except rank 0, stdout) to its log, and always leaves through
-    ``os._exit``: it must never run the parent's atexit handlers or destructors (the TCPStore server).
-    """
-
-    def __init__(self, job_file: Path, rank: int, log: Path, threads: int):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = RankCrash.exit_code
-            try:
-                os.setsid()
-                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(fd, 2)
-                if rank != 0:
-                    os.dup2(fd, 1)
-                import torch
-
-                torch.set_num_threads(threads)
-                from .worker import main
-
-                code = main([str(job_file), str(rank)])
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-        self.pid, self.returncode = pid, None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"rank pid {self.pid}", timeout)
-            time.sleep(0.02)
-        return self.returncode
 
 
 def _supervise(procs, timeout_s, grace_s, job_dir: Path) -> list[int]:
@@ -203,10 +131,12 @@ def _supervise(procs, timeout_s, grace_s, job_dir: Path) -> list[int]:
             return order  # the survivors are stuck waiting for the dead rank; the caller kills them
         if deadline is not None and now > deadline:
             stuck = [r for r in range(len(procs)) if r not in order]
+            dump_stacks([procs[r].pid for r in stuck])
             for p in procs:
                 _kill_group(p)
+            where = "; ".join(last_line(job_dir / f"rank{r}.log", r) for r in stuck)
             raise RankCrash(f"conversion timed out after {timeout_s:g} s with ranks {stuck} still running "
-                            f"(logs kept in {job_dir})")
+                            f"({where}; logs with their stacks kept in {job_dir})")
         time.sleep(0.05)
     return order
 
@@ -236,6 +166,26 @@ def _raise_first_failure(procs, order: list[int], job_dir: Path) -> None:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise VerifyError(msg)
     raise RankCrash(f"rank {r} failed: {msg} (full log: {job_dir / f'rank{r}.log'})")
+
+
+def dump_stacks(pids: list[int], wait_s: float = 2.0) -> None:
+    """Ask hung ranks for their Python stacks (SIGUSR1, see :func:`.worker.main`) before they are killed."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    time.sleep(wait_s)
+
+
+def last_line(log: Path, rank: int) -> str:
+    """The last progress line (``rank R: ...``) rank ``rank`` wrote to ``log`` before its stack dump."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    marks = [ln for ln in lines if ln.startswith(f"rank {rank}: ")]
+    return marks[-1] if marks else f"rank {rank}: no progress line in its log"
 
 
 def _kill_group(p) -> None:

@@ -17,15 +17,26 @@ stdlib only: dist_checkpointing's save starts a ``spawn`` helper process that re
 """
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import os
+import signal
 import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
 
 EXIT_INTERNAL = 3
+
+
+def mark(where: str) -> None:
+    """One progress line on this rank's log (stderr): a hung rank's last one says where it stopped."""
+    rank = os.environ.get("RANK", _RANK[0])
+    print(f"rank {rank}: {where}", file=sys.stderr, flush=True)
+
+
+_RANK = ["?"]  # set by main() for spawned ranks, which have no RANK variable
 
 
 def run_steps(job: dict) -> None:
@@ -41,7 +52,9 @@ def run_steps(job: dict) -> None:
     arch = ArchSpec.from_hf_config(job["config"])
     dtype = getattr(torch, job["dtype"])
     for step in job["steps"]:
+        mark(f"step {step['op']} started")
         _STEPS[step["op"]](arch, layout, dtype, step, job.get("progress", False))
+        mark(f"step {step['op']} done")
         gc.collect()
 
 
@@ -152,17 +165,23 @@ def _init_process_group(job: dict, rank: int) -> None:
     import torch.distributed as dist
 
     timeout = timedelta(seconds=job.get("pg_timeout_s", 1800))
+    mark(f"joining the rendezvous at 127.0.0.1:{job['store_port']}")
     store = dist.TCPStore("127.0.0.1", job["store_port"], job["world_size"] + 1, is_master=False,
                           timeout=timeout)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(backend, store=store, rank=rank, world_size=job["world_size"], timeout=timeout)
+    mark(f"process group of {job['world_size']} ranks ready ({backend})")
 
 
 def main(argv: list[str]) -> int:
+    # A supervisor that gives up on a hung job sends SIGUSR1 first: every thread's stack goes to the log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     job = json.loads(Path(argv[0]).read_text())
     rank = int(argv[1])
+    _RANK[0] = str(rank)
+    mark(f"started (pid {os.getpid()})")
     err_file = Path(job["job_dir"]) / f"rank{rank}.err"
     try:
         import warnings

@@ -24,6 +24,8 @@ import hashlib
 import random
 from typing import Any
 
+from dcpo_mcore.errors import UserValueError
+
 __all__ = ["PromptCursor"]
 
 _STATE_KEYS = ("epoch", "position", "seed", "num_items", "batch_size", "shuffle", "carry", "head")
@@ -37,7 +39,7 @@ class PromptCursor:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PromptCursor {name} must be a positive int, not {value!r}")
         if batch_size > num_items:
-            raise ValueError(f"batch size {batch_size} > {num_items} prompts: a batch would repeat prompts; "
+            raise UserValueError(f"batch size {batch_size} > {num_items} prompts: a batch would repeat prompts; "
                              "lower rollout.prompts_per_step or add training prompts")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"PromptCursor seed must be an int, not {seed!r}")
@@ -94,7 +96,7 @@ class PromptCursor:
         changed = [f"{k} {state[k]!r} -> {getattr(self, k)!r}" for k in ("num_items", "seed", "shuffle")
                    if state[k] != getattr(self, k)]
         if changed:
-            raise ValueError(f"cannot resume the prompt cursor: {'; '.join(changed)} since the checkpoint "
+            raise UserValueError(f"cannot resume the prompt cursor: {'; '.join(changed)} since the checkpoint "
                              "(a changed dataset or data seed reorders every epoch); restore the original "
                              "files/seed, or start the data order afresh")
         epoch, position, head, carry = state["epoch"], state["position"], state["head"], state["carry"]
@@ -102,7 +104,7 @@ class PromptCursor:
               and epoch >= 0 and 0 <= position < self.num_items and 0 <= head <= position
               and isinstance(carry, list) and all(isinstance(i, int) and 0 <= i < self.num_items for i in carry))
         if not ok:
-            raise ValueError(f"prompt cursor state is corrupt (epoch={epoch!r}, position={position!r}, head={head!r}, "
+            raise UserValueError(f"prompt cursor state is corrupt (epoch={epoch!r}, position={position!r}, head={head!r}, "
                              f"carry of {len(carry) if isinstance(carry, list) else type(carry).__name__}); "
                              "resume from another checkpoint")
         self._start_epoch(epoch, list(carry), head)

@@ -24,12 +24,14 @@ from typing import Any, Iterator
 
 from .records import DataError
 
+from dcpo_mcore.errors import UserError
+
 __all__ = ["BadRow", "ParsedRow", "RawRow", "SUPPORTED_EXTENSIONS", "iter_rows", "parse_row"]
 
 SUPPORTED_EXTENSIONS = (".parquet", ".jsonl")
 
 
-class BadRow(Exception):
+class BadRow(UserError):
     """A row that cannot be used. ``reason`` is one of BAD_ROW_REASONS; ``problem`` says what and how to fix."""
 
     def __init__(self, reason: str, problem: str):

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcpo_mcore.errors import UserError
+
 __all__ = ["BAD_ROW_REASONS", "DataError", "LoadReport", "PromptRecord"]
 
 # Every reason a row can be refused for. Under data.on_bad_row=skip each one has its own counter in
@@ -26,7 +28,7 @@ BAD_ROW_REASONS = (
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Every dataset problem the user must fix. ``str()`` is always one line: cause and fix.
 
     Newlines in the message (for example from an exception text quoted in it) are folded into

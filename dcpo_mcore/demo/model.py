@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from dcpo_mcore.hf.tiny import _config, _model_class, _randomize, _rope
+from dcpo_mcore.errors import UserValueError
 
 __all__ = ["make_demo_model"]
 
@@ -39,21 +40,21 @@ def make_demo_model(out_dir: str | Path, model_cfg: Any, tokenizer, seed: int = 
     out = Path(out_dir)
     missing = [f for f in ("num_layers", "hidden_size", "num_attention_heads") if not _get(model_cfg, f)]
     if missing:
-        raise ValueError(f"model config lacks {', '.join(missing)}: the demo builds its model from them")
+        raise UserValueError(f"model config lacks {', '.join(missing)}: the demo builds its model from them")
     kwargs = {hf: _get(model_cfg, ours) for ours, hf in _FIELDS.items()}
     hidden, heads = kwargs["hidden_size"], kwargs["num_attention_heads"]
     kwargs["intermediate_size"] = kwargs["intermediate_size"] or 4 * hidden
     kwargs["num_key_value_heads"] = kwargs["num_key_value_heads"] or heads
     kwargs["max_position_embeddings"] = kwargs["max_position_embeddings"] or 2048
     if hidden % heads:
-        raise ValueError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+        raise UserValueError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     n_tok = len(tokenizer)
     vocab = _get(model_cfg, "vocab_size") or n_tok
     if vocab < n_tok:
-        raise ValueError(f"model vocab_size {vocab} is smaller than the tokenizer's {n_tok} tokens; raise "
+        raise UserValueError(f"model vocab_size {vocab} is smaller than the tokenizer's {n_tok} tokens; raise "
                          "model.vocab_size")
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token; SGLang would never stop generating")
+        raise UserValueError("the tokenizer has no eos token; SGLang would never stop generating")
     dtype = getattr(torch, _get(model_cfg, "params_dtype") or "float32")
     config = _config(family, **kwargs, vocab_size=vocab, head_dim=hidden // heads,
                      tie_word_embeddings=tie_word_embeddings, rope_parameters=_rope(family, None),

@@ -43,6 +43,7 @@ from dcpo_mcore.engine.optimizer import OptimSettings
 from dcpo_mcore.world_env import single_process_env_defaults
 
 from .greedy import HfMirror, greedy_accuracy
+from dcpo_mcore.errors import UserValueError
 
 __all__ = ["MCORE_SUBDIR", "NLL_LOSS", "PretrainResult", "PretrainSettings", "answer_ids", "engine_settings",
            "pretrain", "records_from_files", "save_hf_checkpoint"]
@@ -167,13 +168,13 @@ def pretrain(hf_dir: str | Path, out_dir: str | Path, train_records: Sequence, e
 
 def _check(s: PretrainSettings, train_records: Sequence, eval_records: Sequence) -> None:
     if s.batch_size > len(train_records):
-        raise ValueError(f"batch_size {s.batch_size} > {len(train_records)} training records")
+        raise UserValueError(f"batch_size {s.batch_size} > {len(train_records)} training records")
     if not eval_records:
-        raise ValueError("pretrain needs held-out records to measure greedy accuracy on")
+        raise UserValueError("pretrain needs held-out records to measure greedy accuracy on")
     if s.eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {s.eval_every}")
+        raise UserValueError(f"eval_every must be >= 1, got {s.eval_every}")
     if s.target_accuracy is None and s.max_steps is None and s.max_seconds is None:
-        raise ValueError("pretrain would never stop: set target_accuracy, max_steps or max_seconds")
+        raise UserValueError("pretrain would never stop: set target_accuracy, max_steps or max_seconds")
 
 
 class _Run:

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import torch
 
+from dcpo_mcore.errors import UserValueError
+
 __all__ = ["BatchSettings", "MicroBatch", "PolicySample", "build_microbatch", "microbatch_count", "microbatch_shape",
            "plan_microbatches", "split_across_dp"]
 
@@ -111,7 +113,7 @@ def _balanced_bins(items: Sequence[tuple[int, int]], n_bins: int, max_count: int
 def split_across_dp(lengths: Sequence[int], dp_size: int) -> list[list[int]]:
     """Sample indices of each DP rank, balanced by tokens and by count (never more than ceil(n/dp))."""
     if len(lengths) < dp_size:
-        raise ValueError(f"{len(lengths)} samples cannot feed {dp_size} data-parallel ranks; "
+        raise UserValueError(f"{len(lengths)} samples cannot feed {dp_size} data-parallel ranks; "
                          "give the step at least one sample per DP rank")
     return _balanced_bins(list(enumerate(lengths)), dp_size, math.ceil(len(lengths) / dp_size))
 
@@ -124,7 +126,7 @@ def microbatch_count(shares: Sequence[Sequence[int]], settings: BatchSettings) -
         count = max(math.ceil(len(s) / settings.micro_batch_size) for s in shares)
     smallest = min(len(s) for s in shares)
     if smallest < count:
-        raise ValueError(f"a data-parallel rank has {smallest} samples for {count} micro-batches; use fewer "
+        raise UserValueError(f"a data-parallel rank has {smallest} samples for {count} micro-batches; use fewer "
                          "micro-batches (num_microbatches / micro_batch_size) or more samples per step")
     return count
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from .forked_children import die_with_this_thread
+from dcpo_mcore.errors import UserValueError
 
 SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -109,7 +110,7 @@ def load(directory: str | Path, chunks, optimizer) -> dict:
         raise FileNotFoundError(f"{path} is not a dist_checkpointing directory (no metadata.json)")
     saved_kind = (dist_checkpointing.load_content_metadata(str(path)) or {}).get("distributed_optimizer")
     if saved_kind is not None and saved_kind != _is_distributed(optimizer):
-        raise ValueError(f"checkpoint {path} was saved with use_distributed_optimizer={saved_kind}; "
+        raise UserValueError(f"checkpoint {path} was saved with use_distributed_optimizer={saved_kind}; "
                          f"load it with the same setting (the two optimizer formats differ)")
     _materialize_adam_state(chunks, optimizer)
     state = _sharded_state_dict(chunks, optimizer, is_loading=True)
@@ -156,14 +157,14 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
         # "unexpected" = asked for but not in the checkpoint
         loaded, in_ckpt_only, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
     except (CheckpointingException, CheckpointException) as exc:  # e.g. a shape that does not match this model
-        raise ValueError(f"{path} does not fit this model: {_cause_line(exc)}") from None
+        raise UserValueError(f"{path} does not fit this model: {_cause_line(exc)}") from None
     if absent:
-        raise ValueError(f"{path} lacks {len(absent)} tensor(s) of this model, e.g. {sorted(absent)[:3]}; is it a "
+        raise UserValueError(f"{path} lacks {len(absent)} tensor(s) of this model, e.g. {sorted(absent)[:3]}; is it a "
                          "checkpoint of this architecture (layers, GQA groups, tied embeddings)?")
     extra = sorted(k for k in in_ckpt_only if not k.startswith(("optimizer", "rng_state", "rerun_state")))
     extra = [k for k in extra if "." in k]  # model tensors have dotted names; top-level scalars do not
     if extra:
-        raise ValueError(f"{path} has {len(extra)} model tensor(s) this model does not, e.g. {extra[:3]}; is it a "
+        raise UserValueError(f"{path} has {len(extra)} model tensor(s) this model does not, e.g. {extra[:3]}; is it a "
                          "checkpoint of a bigger or different architecture?")
     for key, chunk in zip(_model_keys(chunks), chunks):
         chunk.module.load_state_dict(loaded[key], strict=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from dcpo_mcore.errors import UserError
+
 __all__ = ["ArchError", "ArchSpec", "RopeScaling", "SUPPORTED_ARCHITECTURES", "padded_vocab_size"]
 
 # HF `architectures` entry -> our family name; `model_type` is the family name itself.
@@ -46,7 +48,7 @@ _DEFAULT_RMS_EPS = 1e-6
 _DEFAULT_ROPE_THETA = 10000.0
 
 
-class ArchError(ValueError):
+class ArchError(UserError, ValueError):
     """An HF config that cannot be read or that megatron-core's GPT model cannot express."""
 
 

@@ -59,6 +59,8 @@ import torch
 
 from .hf_arch import ArchSpec, padded_vocab_size
 
+from dcpo_mcore.errors import UserError
+
 __all__ = [
     "MappingError", "ParamSpec", "check_hf_names", "export_plan", "virtual_stage", "expected_hf_names", "expected_hf_shapes",
     "expected_mcore_shapes", "hf_to_mcore_shard", "iter_mcore_to_hf", "layer_range", "mcore_params",
@@ -73,7 +75,7 @@ _COPY, _VOCAB, _ROW, _QKV, _GATE_UP = "copy", "vocab", "row", "qkv", "gate_up"
 _TP_DIM = {_COPY: None, _VOCAB: 0, _ROW: 1, _QKV: 0, _GATE_UP: 0}
 
 
-class MappingError(ValueError):
+class MappingError(UserError, ValueError):
     """A checkpoint or shard set that does not fit the architecture (one line, names the tensor)."""
 
 

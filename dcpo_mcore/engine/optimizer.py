@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from .layout import ParallelLayout, Precision
+from dcpo_mcore.errors import UserValueError
 
 # megatron is imported inside the functions that need it, so that the schedule and settings above can be
 # used (and unit-tested) without paying for the megatron import.
@@ -64,9 +65,9 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "linear", "cosine"):
-            raise ValueError(f"lr schedule {self.kind!r} is unknown; use constant, linear or cosine")
+            raise UserValueError(f"lr schedule {self.kind!r} is unknown; use constant, linear or cosine")
         if self.kind != "constant" and (self.total is None or self.total <= self.warmup):
-            raise ValueError(f"a {self.kind} schedule needs total_steps > lr_warmup_steps ({self.warmup}), "
+            raise UserValueError(f"a {self.kind} schedule needs total_steps > lr_warmup_steps ({self.warmup}), "
                              f"got {self.total}")
 
     def at(self, step: int) -> float:

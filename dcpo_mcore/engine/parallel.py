@@ -11,6 +11,7 @@ from megatron.core import tensor_parallel
 
 from .cpu_compat import apply_cpu_compat
 from .layout import ParallelLayout
+from dcpo_mcore.errors import UserValueError
 
 
 def init_distributed(timeout_s: float = 600.0) -> None:
@@ -32,7 +33,7 @@ def init_model_parallel(layout: ParallelLayout, seed: int) -> None:
     init_distributed()
     world = dist.get_world_size()
     if world % (layout.tp * layout.pp):
-        raise ValueError(f"world size {world} is not divisible by TP*PP = {layout.tp}*{layout.pp}")
+        raise UserValueError(f"world size {world} is not divisible by TP*PP = {layout.tp}*{layout.pp}")
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(

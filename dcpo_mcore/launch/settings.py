@@ -19,8 +19,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dcpo_mcore.errors import UserError
 
-class LaunchError(ValueError):
+
+class LaunchError(UserError, ValueError):
     """A launch setting or a Slurm environment that cannot work; the message is one line with the fix."""
 
 

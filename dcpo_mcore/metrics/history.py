@@ -15,12 +15,14 @@ import json
 import math
 from pathlib import Path
 
+from dcpo_mcore.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 _NONFINITE_TO_TEXT = {math.inf: "inf", -math.inf: "-inf"}
 _TEXT_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-class MetricsFileError(ValueError):
+class MetricsFileError(UserError, ValueError):
     """A missing or corrupt metrics file; the message is one line with the cause and the fix."""
 
 

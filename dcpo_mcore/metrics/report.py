@@ -23,6 +23,8 @@ from ..argparsing import OneLineErrorParser
 from .history import MetricsFileError, read_metrics
 from .plots import Series, plot_filename, plot_metric
 
+from dcpo_mcore.errors import UserError
+
 # (key, title, png file stem): the key metrics, in report order. eval/* keys are added per run set.
 REPORT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("reward/mean", "Reward (mean)", "reward"),
@@ -35,7 +37,7 @@ REPORT_METRICS: tuple[tuple[str, str, str], ...] = (
 EVAL_PREFIX = "eval/"
 
 
-class ReportInputError(ValueError):
+class ReportInputError(UserError, ValueError):
     """Bad command-line input; one line with the cause and the fix."""
 
 

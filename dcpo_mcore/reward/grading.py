@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dcpo_mcore.errors import UserValueError
+
 
 class RewardScheme(str, enum.Enum):
     TERNARY = "ternary"
@@ -26,7 +28,7 @@ class RewardScheme(str, enum.Enum):
             return cls(value)
         except ValueError:
             valid = ", ".join(member.value for member in cls)
-            raise ValueError(f"unknown reward scheme {value!r}; valid: {valid}") from None
+            raise UserValueError(f"unknown reward scheme {value!r}; valid: {valid}") from None
 
 
 def reward_value(scheme: RewardScheme, correct: bool, has_box: bool) -> float:

@@ -20,6 +20,7 @@ from dcpo_mcore.reward.equivalence import MAX_SYMBOLIC_CHARS, ground_truth_candi
 from dcpo_mcore.reward.extraction import extract_last_boxed
 from dcpo_mcore.reward.grading import GradeResult, RewardScheme, SymbolicJob, make_result
 from dcpo_mcore.reward.symbolic_checks import run_symbolic_job
+from dcpo_mcore.errors import UserValueError
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def get_verifier(name: str, **params: Any) -> Verifier:
     try:
         factory = _VERIFIERS[name]
     except KeyError:
-        raise ValueError(f"unknown verifier {name!r}; valid names: {', '.join(available_verifiers())}") from None
+        raise UserValueError(f"unknown verifier {name!r}; valid names: {', '.join(available_verifiers())}") from None
     return factory(**params)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from dcpo_mcore.errors import UserError
+
 __all__ = ["GenerationAborted", "RequestRejected", "RolloutError", "ServerLaunchError",
            "ServerUnreachable", "describe_exception"]
 
@@ -42,7 +44,7 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """Base of every error raised by dcpo_mcore.rollout."""
 
 

@@ -26,12 +26,13 @@ from dcpo_mcore.algo import dynamic_sampling_keep, overlong_penalty
 from dcpo_mcore.rollout import PromptInput, SamplingParams
 
 from dcpo_mcore.engine import collectives as comm
+from dcpo_mcore.errors import UserError
 
 log = logging.getLogger(__name__)
 MAX_STALE_REPAIRS = 3  # re-push + regenerate rounds before a step gives up
 
 
-class RolloutStepError(RuntimeError):
+class RolloutStepError(UserError, RuntimeError):
     """A training step could not get a usable rollout batch."""
 
 

@@ -25,6 +25,7 @@ from dcpo_mcore.world_env import single_process_env_defaults
 from dcpo_mcore.engine import collectives as comm
 from .rollout_stage import RolloutSettings, RolloutStage
 from .update_stage import UpdateSettings
+from dcpo_mcore.errors import UserValueError
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -184,7 +185,7 @@ def _updates_per_step(cfg: TrainConfig) -> int:
 
 def _require_hf_path(cfg: TrainConfig) -> str:
     if not cfg.model.hf_path:
-        raise ValueError("model.hf_path is required: the Hugging Face directory with config.json and the "
+        raise UserValueError("model.hf_path is required: the Hugging Face directory with config.json and the "
                          "tokenizer (the CPU demo writes its own: see `dcpo-demo`)")
     return cfg.model.hf_path
 
@@ -199,7 +200,7 @@ def _load_prompts(cfg: TrainConfig, files: list[str], tokenizer):
     from dcpo_mcore.data import load_prompt_dataset
 
     if not files:
-        raise ValueError("data.train_files is empty: give at least one .parquet or .jsonl prompt file")
+        raise UserValueError("data.train_files is empty: give at least one .parquet or .jsonl prompt file")
     return load_prompt_dataset(files, tokenizer, prompt_key=cfg.data.prompt_key, on_bad_row=cfg.data.on_bad_row,
                                chat_template=cfg.data.chat_template, max_prompt_tokens=cfg.rollout.max_prompt_tokens)
 

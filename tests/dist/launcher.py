@@ -53,6 +53,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+from dcpo_mcore.convert.spawn import dump_stacks, last_line
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SPEC_FILE = "spec.pkl"
 
@@ -203,12 +205,14 @@ def _supervise(ranks, world_size, name, start, timeout_s, grace_s, tail_chars) -
             break
         now = time.monotonic()
         if now >= deadline:
+            dump_stacks([r.proc.pid for r in running])  # each stuck rank writes its stacks to its log
             _kill(ranks)
             stuck = [r.rank for r in running]
+            where = "; ".join(last_line(r.log_path, r.rank) for r in running)
             raise DistLaunchError(
                 f"{name} on {world_size} ranks timed out after {timeout_s:.0f} s; ranks {stuck} had not "
-                f"finished (hung collective or deadlock?) and all ranks were killed."
-                + _logs(ranks, tail_chars)
+                f"finished (hung collective or deadlock?) and all ranks were killed ({where}). Their "
+                f"Python stacks at the timeout are in the logs below." + _logs(ranks, tail_chars)
             )
         if first_failure_at is not None and now - first_failure_at >= grace_s:
             _kill(ranks)
@@ -238,10 +242,21 @@ def _logs(ranks: list[_Rank], tail_chars: int) -> str:
     return "".join(f"\n--- rank {r.rank} output (tail) ---\n{_tail(r.log_path, tail_chars)}" for r in ranks)
 
 
+def _marker(rank: int):
+    def mark(where: str) -> None:  # a hung rank's last such line says where it stopped
+        print(f"rank {rank}: {where}", file=sys.stderr, flush=True)
+    return mark
+
+
 def _worker_main(tmp: str, rank: int) -> int:
     """Entry point of one rank (``python -m tests.dist.launcher TMPDIR RANK``)."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the launcher's timeout asks for stacks
     tmp_path = Path(tmp)
     result_path = tmp_path / f"rank{rank}.result"
+    mark = _marker(rank)
+    mark(f"started (pid {os.getpid()})")
     with open(tmp_path / _SPEC_FILE, "rb") as f:
         spec = pickle.load(f)
     initialised = ok = False
@@ -254,13 +269,16 @@ def _worker_main(tmp: str, rank: int) -> int:
         torch.set_num_threads(spec["num_threads"])
         world_size = int(os.environ["WORLD_SIZE"])
         timeout = timedelta(seconds=max(spec["timeout_s"], 1.0))
+        mark(f"joining the rendezvous at 127.0.0.1:{spec['port']}")
         store = dist.TCPStore("127.0.0.1", spec["port"], world_size + 1, is_master=False, timeout=timeout)
         dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=world_size, timeout=timeout)
         initialised = True
+        mark(f"process group of {world_size} ranks ready ({spec['backend']}); running {spec['target']}")
         module_name, fn_name = spec["target"].split(":", 1)
         fn = getattr(importlib.import_module(module_name), fn_name)
         payload = pickle.dumps(("ok", fn(*spec["args"], **spec["kwargs"])))
         ok = True
+        mark("target returned")
     except BaseException:  # noqa: BLE001 - everything is reported to the launcher
         payload = pickle.dumps(("error", traceback.format_exc()))
     # Report first: tearing the group down must not be able to lose (or delay) the result.

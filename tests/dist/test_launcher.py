@@ -35,10 +35,16 @@ def test_a_raising_rank_fails_fast_with_its_traceback():
 @pytest.mark.dist
 def test_a_hung_collective_is_killed_at_the_timeout(tmp_path):
     start = time.monotonic()
-    with pytest.raises(DistLaunchError, match=r"timed out after 8 s; ranks \[0, 1\] had not finished"):
+    with pytest.raises(DistLaunchError, match=r"timed out after 8 s; ranks \[0, 1\] had not finished") as err:
         launch("tests.dist.vocab_parallel_worker:hang_or_raise", 2, args=("hang",), timeout_s=8,
-               env={"DIST_TEST_PID_DIR": str(tmp_path)})
+               env={"DIST_TEST_PID_DIR": str(tmp_path)}, log_tail_chars=20000)
     assert time.monotonic() - start < 8 + 15
+    # A hang says where it was: each rank's last progress line, then its Python stack at the timeout.
+    msg = str(err.value)
+    assert "rank 0: process group of 2 ranks ready (gloo); running tests.dist.vocab_parallel_worker" in msg
+    stacks = msg.split("--- rank 1 output")
+    assert "in hang_or_raise" in stacks[0] and "in hang_or_raise" in stacks[1]
+    assert "barrier" in stacks[1]  # rank 1 was waiting in the barrier rank 0 never joins
     pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
     assert len(pids) == 2, "the ranks did not start"
     for pid in pids:  # every rank is gone, not left running in the background

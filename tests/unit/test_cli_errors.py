@@ -45,3 +45,60 @@ def test_subcommand_errors_name_the_tool(capsys):
     assert main(["hf-to-mcore", "--bogus"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dcpo-convert: error: ") and "dcpo-convert hf-to-mcore --help" in err, err
+
+
+class _Bug(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("exc", [
+    __import__("dcpo_mcore.data.records", fromlist=["DataError"]).DataError("row 7: prompt is empty"),
+    FileNotFoundError(2, "No such file or directory", "/no/such/data.parquet"),
+    __import__("dcpo_mcore.rollout.errors", fromlist=["ServerUnreachable"]).ServerUnreachable(
+        "http://127.0.0.1:1", "connection refused", attempts=3),
+])
+def test_a_users_mistake_is_one_line_and_no_traceback(capsys, exc):
+    from dcpo_mcore.cli import run_reporting_errors
+
+    def work():
+        raise exc
+
+    assert run_reporting_errors("dcpo-train", work, Path("run/train.log")) == (False, None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dcpo-train: error: {type(exc).__name__}: "), err
+    assert "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback_and_says_where_the_log_is(tmp_path):
+    # A torch shape error is a RuntimeError like a CUDA OOM: neither is the user's fault.
+    script = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from dcpo_mcore.cli import run_reporting_errors, _log_to_file\n"
+        "import torch\n"
+        f"log = _log_to_file(Path({str(tmp_path / 'train.log')!r}))\n"
+        "run_reporting_errors('dcpo-train', lambda: torch.ones(2, 3) @ torch.ones(2, 3), log)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr and "RuntimeError: mat1 and mat2" in proc.stderr
+    assert f"dcpo-train: internal error RuntimeError (a bug; full traceback follows; the run's log is " \
+           f"{tmp_path / 'train.log'})" in proc.stderr
+    logged = (tmp_path / "train.log").read_text()
+    assert "internal error" in logged and "mat1 and mat2" in logged  # the log has the traceback too
+
+
+def test_every_room_error_is_a_user_error():
+    from dcpo_mcore.checkpoint.errors import CheckpointError
+    from dcpo_mcore.config import ConfigError
+    from dcpo_mcore.convert.errors import ConvertError, RankCrash
+    from dcpo_mcore.data.records import DataError
+    from dcpo_mcore.engine.hf_arch import ArchError
+    from dcpo_mcore.errors import UserError, is_user_error
+    from dcpo_mcore.rollout.errors import RolloutError
+    from dcpo_mcore.sync.errors import SyncError
+
+    for cls in (CheckpointError, ConfigError, ConvertError, DataError, ArchError, RolloutError, SyncError):
+        assert issubclass(cls, UserError), cls
+    assert not is_user_error(RankCrash("rank 1 died")) and not is_user_error(_Bug("x"))
+    assert not is_user_error(RuntimeError("CUDA out of memory")) and not is_user_error(ValueError("shape"))

@@ -7,12 +7,13 @@
   fresh ``python -m dcpo_mcore.convert.worker`` interpreters over gloo (CPU) or nccl (GPU, one per
   device). Never as forks of this process: it is multi-threaded from ``import torch`` on (and the
   rendezvous store adds a server thread), and a child forked from a multi-threaded process can inherit
-  a lock some other thread held -- the 4-rank conversion that hung in CI with four empty logs. It hosts the rendezvous ``TCPStore`` on a port the OS picked (no free-port race), lets rank 0 print
+  a lock some other thread held -- the 4-rank conversion that hung in CI with four empty logs. It
+  hosts the rendezvous ``TCPStore`` on a port the OS picked (no free-port race), lets rank 0 print
   progress on this terminal, sends everything else from the ranks to per-rank logs, and turns the first
   failure into one exception: when one rank fails the others, typically blocked in a collective, get
   ``grace_s`` to report and are then killed (each rank's whole process group, helpers included).
   A job past its timeout first gets SIGUSR1, on which every rank writes all its threads' Python
-  stacks to its log (:func:`.worker.main` arms ``faulthandler``), so a hang says where it was.
+  stacks to its log (:mod:`dcpo_mcore.rank_diagnostics`), so a hang says where it was.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from dcpo_mcore.rank_diagnostics import dump_stacks, last_line
 
 from .errors import ConvertError, RankCrash, VerifyError
 
@@ -166,26 +169,6 @@ def _raise_first_failure(procs, order: list[int], job_dir: Path) -> None:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise VerifyError(msg)
     raise RankCrash(f"rank {r} failed: {msg} (full log: {job_dir / f'rank{r}.log'})")
-
-
-def dump_stacks(pids: list[int], wait_s: float = 2.0) -> None:
-    """Ask hung ranks for their Python stacks (SIGUSR1, see :func:`.worker.main`) before they are killed."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            pass
-    time.sleep(wait_s)
-
-
-def last_line(log: Path, rank: int) -> str:
-    """The last progress line (``rank R: ...``) rank ``rank`` wrote to ``log`` before its stack dump."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    marks = [ln for ln in lines if ln.startswith(f"rank {rank}: ")]
-    return marks[-1] if marks else f"rank {rank}: no progress line in its log"
 
 
 def _kill_group(p) -> None:

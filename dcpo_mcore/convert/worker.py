@@ -17,26 +17,17 @@ stdlib only: dist_checkpointing's save starts a ``spawn`` helper process that re
 """
 from __future__ import annotations
 
-import faulthandler
 import gc
 import json
 import os
-import signal
 import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
 
+from dcpo_mcore.rank_diagnostics import arm, mark
+
 EXIT_INTERNAL = 3
-
-
-def mark(where: str) -> None:
-    """One progress line on this rank's log (stderr): a hung rank's last one says where it stopped."""
-    rank = os.environ.get("RANK", _RANK[0])
-    print(f"rank {rank}: {where}", file=sys.stderr, flush=True)
-
-
-_RANK = ["?"]  # set by main() for spawned ranks, which have no RANK variable
 
 
 def run_steps(job: dict) -> None:
@@ -176,12 +167,9 @@ def _init_process_group(job: dict, rank: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    # A supervisor that gives up on a hung job sends SIGUSR1 first: every thread's stack goes to the log.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     job = json.loads(Path(argv[0]).read_text())
     rank = int(argv[1])
-    _RANK[0] = str(rank)
-    mark(f"started (pid {os.getpid()})")
+    arm(rank)  # a supervisor that gives up on a hung job gets this rank's stacks in its log
     err_file = Path(job["job_dir"]) / f"rank{rank}.err"
     try:
         import warnings

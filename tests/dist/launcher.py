@@ -53,7 +53,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from dcpo_mcore.convert.spawn import dump_stacks, last_line
+from dcpo_mcore.rank_diagnostics import arm, dump_stacks, last_line, mark
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _SPEC_FILE = "spec.pkl"
@@ -242,21 +242,11 @@ def _logs(ranks: list[_Rank], tail_chars: int) -> str:
     return "".join(f"\n--- rank {r.rank} output (tail) ---\n{_tail(r.log_path, tail_chars)}" for r in ranks)
 
 
-def _marker(rank: int):
-    def mark(where: str) -> None:  # a hung rank's last such line says where it stopped
-        print(f"rank {rank}: {where}", file=sys.stderr, flush=True)
-    return mark
-
-
 def _worker_main(tmp: str, rank: int) -> int:
     """Entry point of one rank (``python -m tests.dist.launcher TMPDIR RANK``)."""
-    import faulthandler
-
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the launcher's timeout asks for stacks
+    arm(rank)  # the launcher's timeout asks for this rank's stacks before killing it
     tmp_path = Path(tmp)
     result_path = tmp_path / f"rank{rank}.result"
-    mark = _marker(rank)
-    mark(f"started (pid {os.getpid()})")
     with open(tmp_path / _SPEC_FILE, "rb") as f:
         spec = pickle.load(f)
     initialised = ok = False

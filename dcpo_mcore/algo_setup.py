@@ -1,7 +1,7 @@
 """Turn the validated `algo` config section into the pure algorithm objects (once, at build time).
 
 This is the only place that knows both the pydantic config and the algo/ dataclasses, so algo/ stays
-free of pydantic and the loss never sees the whole config (design.md §3).
+free of pydantic and the loss never sees the whole config (docs/architecture.md [conv-pure-algo]).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dcpo_mcore.algo import (
     PpoClipParams,
     SasParams,
 )
-from dcpo_mcore.config.algo import AlgoConfig
+from dcpo_mcore.config.algo import DcpoSettings, GspoSettings, PpoClipSettings
 
 
 @dataclass(frozen=True)
@@ -27,23 +27,25 @@ class AlgorithmParts:
     loss: LossSpec
 
 
-def objective_params(algo: AlgoConfig, objective: str):
-    if objective == "dcpo":
-        # One r_max for the dynamic upper bound and the negative-advantage dual clip (spec B13).
+def objective_params(algo) -> DcpoClipParams | PpoClipParams | GspoParams:
+    """The token objective's parameters from one method's settings (each method has its own class)."""
+    if isinstance(algo, DcpoSettings):
+        # One r_max for the dynamic upper bound and the negative-advantage dual clip
+        # (docs/algorithm.md [choice-one-ratio-cap]).
         return DcpoClipParams(algo.eps_low, algo.eps_high, algo.ratio_cap)
-    if objective == "ppo_clip":
+    if isinstance(algo, PpoClipSettings):
         return PpoClipParams(algo.eps_low, algo.eps_high, algo.dual_clip_c)
-    if objective == "gspo":
+    if isinstance(algo, GspoSettings):
         return GspoParams(algo.eps_low, algo.eps_high)
-    raise ValueError(f"no parameter mapping for objective '{objective}'")
+    raise TypeError(f"no objective parameters for {type(algo).__name__}")
 
 
-def build_algorithm(algo: AlgoConfig) -> AlgorithmParts:
+def build_algorithm(algo) -> AlgorithmParts:
     spec = ALGORITHMS.get(algo.name)
-    estimator_params = SasParams(std=algo.sas_std) if spec.estimator == "sas" else GrpoAdvantageParams()
+    estimator_params = SasParams(std=algo.sas_std) if isinstance(algo, DcpoSettings) else GrpoAdvantageParams()
     loss = LossSpec(
         objective=spec.objective,
-        objective_params=objective_params(algo, spec.objective),
+        objective_params=objective_params(algo),
         aggregation=algo.aggregation,  # filled per algorithm by the config; a user override wins
         kl_coef=algo.kl_coef,
         entropy_coef=algo.entropy_coef,

@@ -18,8 +18,27 @@ def _train_parser() -> argparse.ArgumentParser:
         "e.g. algo.name=grpo rollout.n_samples_per_prompt=16.",
     )
     p.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, the overrides and the files they name, print the resolved "
+                   "config, then exit: 0 if all is well, 2 with one line per problem; starts nothing, writes nothing")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides applied on top of the YAML")
     return p
+
+
+def check_config(config: str, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(the resolved config as YAML, or None; every problem ``dcpo-train`` would refuse at launch, one
+    line each), without starting or writing anything."""
+    import yaml
+
+    from dcpo_mcore.config import check_paths, config_to_dict
+
+    try:
+        cfg = load_config(config, overrides)
+        resolved = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+        check_paths(cfg)
+    except ConfigError as exc:
+        return None, exc.problems
+    return resolved, []
 
 
 def _cpu_allocator_env() -> None:
@@ -75,6 +94,13 @@ def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lines dump whole configs per build
+    if args.check:
+        resolved, problems = check_config(args.config, args.overrides)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"{resolved}# dcpo-train: {args.config} is valid; the resolved config is above", flush=True)
+        return 2 if problems else 0
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

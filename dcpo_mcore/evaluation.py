@@ -7,8 +7,8 @@
     sinks.log(step, result.metrics)       # eval/<dataset>/avg@1, eval/<dataset>/format_error_ratio, ...
     result.write("eval.json")             # summary JSON + eval.problems.jsonl (one row per problem)
 
-Definitions (dcpo_spec.md §8)
------------------------------
+Definitions (docs/algorithm.md [avg-at-k])
+------------------------------------------
 * A **problem** is a unique prompt key of the dataset, in order of first appearance. Replica rows
   (the shipped AIME24/25 and AMC23 parquets hold 32 identical rows per problem, MATH500 one) are
   never evaluated as separate problems, whether the loader collapsed them (``dedup_replicas=True``)

@@ -1,4 +1,4 @@
-"""THE loop: rollout -> reward -> advantages -> train -> sync -> checkpoint -> log (design.md).
+"""THE loop: rollout -> reward -> advantages -> train -> sync -> checkpoint -> log (docs/architecture.md [data-flow]).
 
 Every trainer rank runs this function; rank 0 talks to SGLang and the graders, and the stages
 share their results (train/). What each call does:

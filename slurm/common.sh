@@ -9,7 +9,6 @@
 #   DCPO_ROOT        repository root (default: the submit directory)
 #   DCPO_VENV        virtualenv (default: $DCPO_ROOT/.venv)
 #   DCPO_ENV_SCRIPT  a file sourced first, e.g. `module load cuda/12.4`
-#   DCPO_LAUNCH      launch settings YAML (default: configs/slurm/<config name>.yaml if it exists)
 #   DCPO_LOG_ROOT    parent of the per-job log directory (default: logs/slurm)
 #   DCPO_TRAIN_MODULE  python module run as the trainer (default: dcpo_mcore.cli; tests use a stand-in)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-GPU memory plan of a config: `tools/plan.py CONFIG [key=value ...] [--launch configs/slurm/X.yaml]`.
+"""Per-GPU memory plan of a config and its `launch:` section: `tools/plan.py CONFIG [key=value ...]`.
 
 Thin wrapper; the logic is in dcpo_mcore/launch/plan.py. Exit 0 = fits, 2 = impossible layout (one-line error).
 """

@@ -57,7 +57,7 @@ echo "setup_env.sh: building .venv ($flavour) ..."
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -r "requirements/$flavour.txt"
 "$VENV/bin/python" -m pip install -q --no-deps -e .
-# The rollout server stack (platform_notes.md §2). Its own script keeps the pins in one place.
+# The rollout server stack (docs/platform.md [sglang-cpu]). Its own script keeps the pins in one place.
 if [ "$flavour" = cpu ]; then
   bash tools/setup_sglang.sh "$VENV" --cpu
 else

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node Slurm cluster on this machine, without systemd or cgroups (platform_notes.md §3).
+# A real one-node Slurm cluster on this machine, without systemd or cgroups (docs/platform.md [slurm-one-node]).
 #
 #   bash tools/setup_slurm.sh start    # install slurm-wlm + munge if missing, configure, start, wait for idle
 #   bash tools/setup_slurm.sh status   # the daemons' PIDs and the node state

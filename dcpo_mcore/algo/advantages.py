@@ -2,7 +2,7 @@
 
 All estimators take rewards [N] and prompt keys (rows of one prompt group share a key, laid out
 contiguously; see grouping.py) and return one advantage per response, broadcast later to its tokens
-(outcome reward, gamma = lambda = 1, no critic; spec §0).
+(outcome reward, gamma = lambda = 1, no critic; docs/algorithm.md [notation]).
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from .grouping import prompt_groups
 from .registry import Registry
 from .sas import PromptStatsStore, StdMode, sas_advantages
 
-GRPO_STD_EPS = 1e-6  # B16: GRPO keeps its epsilon; SAS uses a sigma > 1e-8 guard instead.
+GRPO_STD_EPS = 1e-6  # GRPO keeps its epsilon; SAS uses a sigma > 1e-8 guard (docs/algorithm.md [choice-grpo-epsilon]).
 
 
 def grpo_advantages(rewards: torch.Tensor, prompt_keys: Sequence[str], group_size: int | None = None) -> torch.Tensor:
-    """GRPO group standardisation (spec §7.1): (R - mean) / (unbiased std + 1e-6).
+    """GRPO group standardisation (docs/algorithm.md [grpo]): (R - mean) / (unbiased std + 1e-6).
 
     A group of size 1 uses mean 0 and std 1, as the reference implementation does.
     """
@@ -37,14 +37,14 @@ def grpo_advantages(rewards: torch.Tensor, prompt_keys: Sequence[str], group_siz
 
 @dataclass(frozen=True)
 class SasParams:
-    """SAS options: the std used for the step's group statistics (B15)."""
+    """SAS options: the std used for the step's group statistics (docs/algorithm.md [choice-sas-std])."""
 
     std: StdMode = "unbiased"
 
 
 @dataclass(frozen=True)
 class GrpoAdvantageParams:
-    """GRPO standardisation has no options (eps fixed at 1e-6, B16)."""
+    """GRPO standardisation has no options (eps fixed at 1e-6; docs/algorithm.md [choice-grpo-epsilon])."""
 
 
 @dataclass(frozen=True)

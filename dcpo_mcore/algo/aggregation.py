@@ -1,9 +1,9 @@
 """Loss aggregations over response tokens, each with an explicit global denominator.
 
-Spec dcpo_spec.md §5 (OTM) and §7 (baselines). Every aggregation is a sum of per-row or per-token terms
+docs/algorithm.md [otm] and [baselines]. Every aggregation is a sum of per-row or per-token terms
 divided by a number the caller computes once for the whole optimizer step (across micro-batches, DP ranks
 and PP stages). Summing the micro-batch losses therefore gives exactly the full-batch loss and gradient,
-whatever the split (B3/B4: never rescale per micro-batch).
+whatever the split (docs/algorithm.md [global-denominators]: never rescale per micro-batch).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _row_token_means(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 def only_token_mean(token_values: torch.Tensor, mask: torch.Tensor, num_prompts: float) -> torch.Tensor:
-    """OTM, the paper's canonical form (spec §5.2, paper Eq. 8).
+    """OTM, the paper's canonical form (paper Eq. 8; docs/algorithm.md [otm-canonical]).
 
     (1/num_prompts) * sum over rows of the masked row mean, where ``num_prompts`` is the GLOBAL number of
     prompts in the optimizer step (responses in the mini-batch / G). Each response weighs by its advantage,
@@ -34,17 +34,17 @@ def only_token_mean(token_values: torch.Tensor, mask: torch.Tensor, num_prompts:
 
 
 def token_sum(token_values: torch.Tensor, mask: torch.Tensor, num_responses: float) -> torch.Tensor:
-    """OTM ``token_sum`` variant (spec §5.2): (1/|M|) * sum of all response tokens' values."""
+    """OTM ``token_sum`` variant (docs/algorithm.md [otm-token-sum]): (1/|M|) * sum of all response tokens' values."""
     return (token_values * mask.to(token_values.dtype)).sum() / num_responses
 
 
 def token_mean(token_values: torch.Tensor, mask: torch.Tensor, num_tokens: float) -> torch.Tensor:
-    """DAPO token-level mean (spec §7.2), exact: sum / global number of response tokens."""
+    """DAPO token-level mean (docs/algorithm.md [dapo]), exact: sum / global number of response tokens."""
     return (token_values * mask.to(token_values.dtype)).sum() / num_tokens
 
 
 def seq_mean_token_mean(token_values: torch.Tensor, mask: torch.Tensor, num_responses: float) -> torch.Tensor:
-    """GRPO/GSPO seq-mean-token-mean (spec §7.1): mean over responses of per-response token means."""
+    """GRPO/GSPO seq-mean-token-mean (docs/algorithm.md [grpo]): mean over responses of per-response token means."""
     return _row_token_means(token_values, mask).sum() / num_responses
 
 

@@ -1,7 +1,8 @@
-"""The four algorithms as compositions of registered parts (spec §1, §7).
+"""The four algorithms as compositions of registered parts (docs/algorithm.md [step], [baselines]).
 
-Each algorithm names its advantage estimator, token objective and aggregation, plus DAPO's sampling
-extras. Hyper-parameters come from the config; this table only says which parts go together.
+Each algorithm names its advantage estimator, token objective and default aggregation; this table is
+the one place that says which parts go together. Each method's settings and their defaults live in
+dcpo_mcore/config/algo.py, one typed class per method, which reads its aggregation default here.
 """
 from __future__ import annotations
 
@@ -15,17 +16,13 @@ class AlgorithmSpec:
     name: str
     estimator: str  # key in advantages.ESTIMATORS
     objective: str  # key in objectives.OBJECTIVES
-    aggregation: str  # default key in aggregation.AGGREGATIONS
-    dynamic_sampling: bool = False  # DAPO over-generates until enough non-degenerate groups are kept
-    overlong_shaping: bool = False  # DAPO soft overlong punishment on response length
+    aggregation: str  # default key in aggregation.AGGREGATIONS (a config setting may override it)
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
 ALGORITHMS.register("dcpo", AlgorithmSpec("dcpo", estimator="sas", objective="dcpo", aggregation="otm"))
-ALGORITHMS.register("grpo", AlgorithmSpec("grpo", estimator="grpo", objective="ppo_clip", aggregation="seq_mean_token_mean"))
-ALGORITHMS.register(
-    "dapo",
-    AlgorithmSpec("dapo", estimator="grpo", objective="ppo_clip", aggregation="token_mean",
-                  dynamic_sampling=True, overlong_shaping=True),
-)
-ALGORITHMS.register("gspo", AlgorithmSpec("gspo", estimator="grpo", objective="gspo", aggregation="seq_mean_token_mean"))
+ALGORITHMS.register("grpo", AlgorithmSpec("grpo", estimator="grpo", objective="ppo_clip",
+                                          aggregation="seq_mean_token_mean"))
+ALGORITHMS.register("dapo", AlgorithmSpec("dapo", estimator="grpo", objective="ppo_clip", aggregation="token_mean"))
+ALGORITHMS.register("gspo", AlgorithmSpec("gspo", estimator="grpo", objective="gspo",
+                                          aggregation="seq_mean_token_mean"))

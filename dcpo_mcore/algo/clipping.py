@@ -1,6 +1,7 @@
 """Dynamic-Adaptive Clipping (DAC) and the DCPO token objective.
 
-Paper: DCPO (arXiv 2509.02333) §2 Eqs. 3-4, A.5 Eqs. 21-27; spec dcpo_spec.md §4.1-§4.2.
+Paper: DCPO (arXiv 2509.02333) §2 Eqs. 3-4, A.5 Eqs. 21-27;
+docs/algorithm.md [dac-bounds] and [dac-objective].
 
 The constraint |(r - 1) * p| <= eps with p = r * q (q = old token probability) gives per-token ratio bounds
     l(q) = 0.5 + 0.5 * sqrt(max(1 - 4 * eps_low / q, 0))        in [0.5, 1)
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-# B12: exp(old_logprob) can underflow to exactly 0; a floor keeps l(q) = 0.5 there instead of the reference
-# code's 1.0, and keeps 4 * eps / q finite in float32.
+# docs/algorithm.md [choice-q-floor]: exp(old_logprob) can underflow to exactly 0; a floor keeps l(q) = 0.5
+# there instead of the authors' code's 1.0, and keeps 4 * eps / q finite in float32.
 MIN_OLD_PROB = 1e-30
-# B11: bound the log-ratio before exp so an overflow cannot turn A = 0 tokens into 0 * inf = NaN. Tokens this
-# far out are already in zero-gradient regions, so the clamp changes no gradient that matters.
+# docs/algorithm.md [choice-logratio-clamp]: bound the log-ratio before exp so an overflow cannot turn A = 0
+# tokens into 0 * inf = NaN. Tokens this far out are already in zero-gradient regions, so the clamp changes
+# no gradient that matters.
 LOG_RATIO_CLAMP = 20.0
 
 
@@ -29,10 +31,11 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
 def dynamic_clip_bounds(
     old_logprobs: torch.Tensor, eps_low: float = 0.16, eps_high: float = 0.2, ratio_cap: float = 10.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token ratio bounds (lower, upper) from the old log-probs (spec §4.1, paper Eq. 4/27).
+    """Per-token ratio bounds (lower, upper) from the old log-probs (paper Eq. 4/27; docs/algorithm.md [dac-bounds]).
 
     One ``ratio_cap`` (the paper's r_max) caps the upper bound for positive advantages and is reused as the
-    dual-clip constant for negative ones (B13). Returns tensors of the same shape, no gradient.
+    dual-clip constant for negative ones (docs/algorithm.md [choice-one-ratio-cap]). Returns tensors of the same
+    shape, no gradient.
     """
     q = _as_float(old_logprobs.detach()).exp().clamp_min(MIN_OLD_PROB)
     lower = 0.5 + 0.5 * torch.sqrt(torch.clamp(1.0 - 4.0 * eps_low / q, min=0.0))
@@ -41,7 +44,7 @@ def dynamic_clip_bounds(
 
 
 def log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
-    """logp - oldlogp clamped to [-20, 20] (B11)."""
+    """logp - oldlogp clamped to [-20, 20] (docs/algorithm.md [choice-logratio-clamp])."""
     return torch.clamp(logprobs - old_logprobs.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
@@ -56,7 +59,7 @@ def broadcast_advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.
 class TokenLossOutput:
     """Per-token loss (= minus the surrogate objective) and detached clip indicators.
 
-    is_clipped is the paper's TCR event [psi2 < psi1] (spec §4.3): (A>0 and r>upper) or (A<0 and r<lower);
+    is_clipped is the paper's TCR event [psi2 < psi1] (docs/algorithm.md [tcr]): (A>0 and r>upper) or (A<0 and r<lower);
     is_dual_clipped counts A<0 tokens held at A*c (not part of TCR, reported separately).
     """
 
@@ -107,7 +110,9 @@ def dcpo_token_objective(
     eps_high: float = 0.2,
     ratio_cap: float = 10.0,
 ) -> TokenLossOutput:
-    """DCPO token objective with dynamic bounds and the dual clip at r_max (spec §4.2, paper Eq. 3).
+    """DCPO token objective with dynamic bounds and the dual clip at r_max.
+
+    Paper Eq. 3; docs/algorithm.md [dac-objective].
 
     Closed form: A >= 0: psi = A*min(r, h(q)); A < 0: psi = A*min(max(r, l(q)), r_max).
     """

@@ -1,4 +1,4 @@
-"""DAPO-specific pieces (spec §7.2): the dynamic-sampling group filter and overlong reward shaping."""
+"""DAPO-specific pieces (docs/algorithm.md [dapo]): the dynamic-sampling group filter and overlong reward shaping."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,7 +23,10 @@ def dynamic_sampling_keep(values: torch.Tensor, prompt_keys: Sequence[str], grou
 def overlong_penalty(
     response_lengths: torch.Tensor, max_response_len: int, buffer_len: int, penalty_factor: float = 1.0
 ) -> torch.Tensor:
-    """Soft overlong punishment on RESPONSE length (B5; the fork passed the prompt length, so it was always 0).
+    """Soft overlong punishment on RESPONSE length (docs/algorithm.md [dapo-overlong]).
+
+    The authors' code passed the prompt length, so its penalty was always 0
+    (docs/algorithm.md [choice-overlong-length]).
 
     0 for L <= L_max - buffer, then linear down to -penalty_factor at L = L_max.
     """

@@ -3,7 +3,7 @@
 A group is a maximal run of consecutive rows with the same prompt key (the trainer lays each prompt's n
 samples out contiguously). A key that shows up again later in the batch (the same prompt drawn twice in one
 step) forms a second group; estimators process groups in batch order, so SAS merges them sequentially and
-none is lost (spec §3.3: the reference code's last-write-wins drops one).
+none is lost (docs/algorithm.md [choice-repeated-prompt]: the authors' code kept only the last write).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The policy loss of one micro-batch: token objective (+ optional KL), aggregated with global counts.
 
-This is the single pure function every engine adapter calls (design.md: parallelism stays outside algo/).
+This is the single pure function every engine adapter calls (docs/architecture.md [conv-pure-algo]: parallelism stays
+outside algo/).
 """
 from __future__ import annotations
 

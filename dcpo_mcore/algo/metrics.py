@@ -1,4 +1,5 @@
-"""Per-step metric tensors of the paper: TCR (§4.3, Eq. 9), RUR (§5.3, Eq. 10) and advantage statistics.
+"""Per-step metric tensors of the paper: TCR (paper Eq. 9), RUR (paper Eq. 10) and advantage statistics
+(docs/algorithm.md [tcr], [rur]).
 
 Everything returns detached tensors: no ``.item()`` (it would force a sync inside the loss) and no
 collectives. The trainer sums or gathers these across micro-batches and ranks, then reduces once per step.
@@ -20,7 +21,7 @@ class ClipCounts:
     low: torch.Tensor  # A < 0 and r < lower bound
     high: torch.Tensor  # A > 0 and r > upper bound
     dual: torch.Tensor  # A < 0 held at the dual-clip floor A*c (not part of TCR)
-    tokens: torch.Tensor  # response tokens, A = 0 tokens included (spec §4.3)
+    tokens: torch.Tensor  # response tokens, A = 0 tokens included (docs/algorithm.md [tcr])
 
     def as_tensor(self) -> torch.Tensor:
         """Stack as [5] for one all-reduce or for stacking micro-batches into [M, 5]."""
@@ -39,7 +40,8 @@ def clip_ratios(per_micro: torch.Tensor) -> dict[str, torch.Tensor]:
 
     ``token_clip_ratio`` is the paper's TCR: the MEAN over micro-batches of each micro-batch's clipped
     fraction (Eq. 9, verl's averaged pg_clipfrac). ``token_clip_ratio_global`` is the token-weighted fraction.
-    ``low_ratio``/``high_ratio``/``dual_ratio`` are micro-batch means like TCR. Empty micro-batches are skipped.
+    ``low_ratio``/``high_ratio``/``dual_ratio`` are micro-batch means like TCR. Empty micro-batches are skipped;
+    ``micro_batches`` counts the others, so means over several optimizer steps can be formed exactly.
     """
     per_micro = per_micro.to(torch.float64).reshape(-1, 5)
     tokens = per_micro[:, 4]
@@ -54,13 +56,15 @@ def clip_ratios(per_micro: torch.Tensor) -> dict[str, torch.Tensor]:
         "high_ratio": mean[2],
         "dual_ratio": mean[3],
         "token_clip_ratio_global": per_micro[:, 0].sum() / total if total > 0 else nan,
+        "micro_batches": valid.sum().to(torch.float64),
     }
 
 
 def nonzero_advantage_ratio(advantages: torch.Tensor) -> torch.Tensor:
     """RUR (paper Eq. 10): share of responses whose advantage is exactly non-zero.
 
-    Exact test on purpose (spec §8): with SAS an advantage can be tiny but non-zero and still carries signal.
+    Exact test on purpose (docs/algorithm.md [rur]): with SAS an advantage can be tiny but non-zero and
+    still carries signal.
     """
     return (advantages.detach() != 0).to(torch.float64).mean()
 

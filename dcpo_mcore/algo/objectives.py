@@ -1,7 +1,7 @@
 """Token objectives of the baselines, and the registry that selects an objective by name.
 
-Spec dcpo_spec.md §7 (formulas as intended, with the reference code's bugs fixed: B6 per-sequence GSPO
-ratio, B13 one ratio cap). Every objective has the same call shape
+docs/algorithm.md [baselines] (formulas as intended, where the authors' code disagrees: a per-sequence GSPO ratio,
+[choice-gspo-per-sequence], and one ratio cap, [choice-one-ratio-cap]). Every objective has the same call shape
 
     fn(logprobs[B,T], old_logprobs[B,T], advantages[B] or [B,T], mask[B,T], params) -> TokenLossOutput
 
@@ -49,7 +49,7 @@ class PpoClipParams:
 
 @dataclass(frozen=True)
 class GspoParams:
-    """GSPO sequence-ratio clip (Zheng et al. 2025; spec §7.3): [1 - 3e-4, 1 + 4e-4]."""
+    """GSPO sequence-ratio clip (Zheng et al. 2025; docs/algorithm.md [gspo]): [1 - 3e-4, 1 + 4e-4]."""
 
     eps_low: float = 3e-4
     eps_high: float = 4e-4
@@ -69,7 +69,10 @@ ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams, NllParams]
 
 
 def dcpo_objective(logprobs, old_logprobs, advantages, mask, params: DcpoClipParams) -> TokenLossOutput:
-    """Paper Eq. 3 with dynamic bounds (spec §4.2). ``mask`` is unused: the objective is per token."""
+    """Paper Eq. 3 with dynamic bounds (docs/algorithm.md [dac-objective]).
+
+    ``mask`` is unused: the objective is per token.
+    """
     del mask
     return dcpo_token_objective(logprobs, old_logprobs, advantages, params.eps_low, params.eps_high, params.ratio_cap)
 
@@ -83,24 +86,28 @@ def ppo_clip_objective(logprobs, old_logprobs, advantages, mask, params: PpoClip
 
 
 def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean log-ratio [B, 1] over response tokens (B6: per sequence, not per micro-batch)."""
+    """Per-sequence mean log-ratio [B, 1] over response tokens (docs/algorithm.md [choice-gspo-per-sequence])."""
     m = mask.to(logprobs.dtype)
     diff = (logprobs - old_logprobs.detach()) * m
     return (diff.sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1.0))
 
 
+GSPO_LOG_RATIO_MAX = 10.0
+
+
 def gspo_objective(logprobs, old_logprobs, advantages, mask, params: GspoParams) -> TokenLossOutput:
-    """GSPO token form (spec §7.3, paper Eq. 14).
+    """GSPO token form (paper Eq. 14; docs/algorithm.md [gspo]).
 
     s_i = exp(mean_t(logp - oldlogp)); s_{i,t} = sg[s_i] * pi(o_t) / sg[pi(o_t)], which equals s_i in value
     and carries the per-token gradient s_i * d logp_t; clip is applied to the sequence ratio.
     """
     logprobs = _as_float(logprobs)
     seq_lr = sequence_log_ratio(logprobs, _as_float(old_logprobs), mask)
-    # The per-sequence log-ratio is clamped at <= 10 as in the fork's correct `gspo` path; the lower side uses the
-    # same bound as the token ratio so exp cannot underflow into a zero-gradient trap.
-    seq_lr = torch.clamp(seq_lr, -LOG_RATIO_CLAMP, 10.0)
-    token_lr = seq_lr.detach() + logprobs - logprobs.detach()
+    # The clamp (<= 10, as in the authors' GSPO loss; >= -20 like the token ratio, so exp cannot
+    # underflow) acts on the combined token log-ratio, so a sequence outside it gets NO gradient, as
+    # in the authors' code: without that, a negative-advantage sequence at ratio e^10 would push with
+    # weight e^10 (docs/algorithm.md [gspo]).
+    token_lr = torch.clamp(seq_lr.detach() + logprobs - logprobs.detach(), -LOG_RATIO_CLAMP, GSPO_LOG_RATIO_MAX)
     ratio = torch.exp(token_lr)
     adv = broadcast_advantages(advantages, ratio)
     return clipped_surrogate(ratio, adv, 1.0 - params.eps_low, 1.0 + params.eps_high, None)
@@ -120,7 +127,7 @@ def nll_objective(logprobs, old_logprobs, advantages, mask, params: NllParams) -
 
 
 def low_var_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || ref) per token (spec §7.1): exp(d) - d - 1 with d = ref - logp.
+    """k3 estimator of KL(pi || ref) per token (docs/algorithm.md [kl]): exp(d) - d - 1 with d = ref - logp.
 
     The inner difference is clamped to +-20 and the result to [-10, 10], as in the GRPO baseline.
     """

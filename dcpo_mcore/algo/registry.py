@@ -1,7 +1,8 @@
 """Name registries for advantage estimators, token objectives, aggregations and algorithms.
 
-Design rules (design.md §3): registering a name twice is an error (a silent overwrite would make the
-behaviour depend on import order), and looking up an unknown name lists the valid ones.
+Design rules (docs/architecture.md [conv-registries]): registering a name twice is an error (a silent
+overwrite would make the behaviour depend on import order), and looking up an unknown name lists the
+valid ones.
 """
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
 """Smooth Advantage Standardisation (SAS) with persistent per-prompt statistics.
 
-Paper: DCPO §3 Eqs. 5-7 and A.7 Eqs. 29-30; spec dcpo_spec.md §3.2 (exact update) and §3.3 (persistence).
+Paper: DCPO §3 Eqs. 5-7 and A.7 Eqs. 29-30; docs/algorithm.md [sas-update] (exact update) and
+[sas-persistence].
 
 For prompt k with previous state (n, mu_k, sigma_k) and current rewards R (one group):
     merge first:  mu_tot = (n*mu_k + mu_new)/(n+1)
                   sigma_tot^2 = [n*sigma_k^2 + sigma_new^2 + n/(n+1)*(mu_new - mu_k)^2]/(n+1)
     then standardise with both the step's and the cumulative statistics, blend with weights from the visit
     number i = n+1, and keep the blend of smaller magnitude (Eq. 7; ties go to SA_tot).
-The state after the merge is written back, so it must live in the checkpoint (B18).
+The state after the merge is written back, so it must live in the checkpoint
+(docs/algorithm.md [choice-sas-in-checkpoint]).
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import torch
 from .grouping import prompt_groups
 
 StdMode = Literal["unbiased", "population"]
-# B15: divide by sigma only when it is clearly non-zero; rounding noise in an all-equal group must give 0.
+# docs/algorithm.md [choice-sas-std]: divide by sigma only when it is clearly non-zero; rounding noise in an
+# all-equal group must give 0.
 STD_FLOOR = 1e-8
 
 
 @dataclass(frozen=True)
 class PromptStats:
-    """Statistics of one prompt after ``visits`` training batches (spec §3.1)."""
+    """Statistics of one prompt after ``visits`` training batches (docs/algorithm.md [sas-state])."""
 
     visits: int
     mean: float
@@ -83,7 +86,10 @@ class PromptStatsStore:
 
 
 def group_std(rewards: torch.Tensor, std: StdMode) -> float:
-    """Std of one group: Bessel-corrected (reference code, default) or population (paper A.7), B15."""
+    """Std of one group: unbiased (authors' code, default) or population (paper A.7).
+
+    See docs/algorithm.md [choice-sas-std].
+    """
     if std not in ("unbiased", "population"):
         raise ValueError(f"unknown std mode '{std}'; valid: unbiased, population")
     if rewards.numel() < 2:
@@ -92,7 +98,10 @@ def group_std(rewards: torch.Tensor, std: StdMode) -> float:
 
 
 def merge_stats(prev: PromptStats, mean_new: float, std_new: float) -> PromptStats:
-    """Pooled statistics of equally weighted visits (spec §3.2, paper Eq. 30), including the current one."""
+    """Pooled statistics of equally weighted visits, including the current one.
+
+    Paper Eq. 30; docs/algorithm.md [sas-update].
+    """
     n = prev.visits
     if n == 0:
         return PromptStats(1, mean_new, std_new)

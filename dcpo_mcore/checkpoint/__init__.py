@@ -1,4 +1,4 @@
-"""Save and resume the whole training state, atomically (design.md conventions 7 and 8).
+"""Save and resume the whole training state, atomically (docs/architecture.md [conv-atomic-checkpoints]).
 
 A checkpoint holds everything that carries over from one step to the next: the model and optimizer
 (through the engine's resharding dist_checkpointing save), every rank's RNG states, and the trainer

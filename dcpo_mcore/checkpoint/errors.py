@@ -1,7 +1,7 @@
 """The one error of the checkpoint room.
 
 A :class:`CheckpointError` message is one line: the path, what is wrong with it, and what to do
-(design.md convention 13), because the person reading it is restarting a job at 3 a.m.
+(docs/architecture.md [conv-one-line-errors]), because the person reading it is restarting a job at 3 a.m.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Capture and restore every random number generator a rank uses (design.md convention 8).
+"""Capture and restore every random number generator a rank uses (docs/architecture.md [conv-atomic-checkpoints]).
 
 Why all of them: a resumed run must draw the same numbers the uninterrupted run would have drawn --
 python ``random`` (sampling helpers, shuffles), numpy (data tools), the torch CPU generator, the CUDA

@@ -1,4 +1,4 @@
-"""The one configuration tree of dcpo-mcore (design.md §4).
+"""The one configuration tree of dcpo-mcore (docs/architecture.md [conv-one-config]).
 
     cfg = load_config("configs/demo_cpu.yaml", ["algo.name=grpo", "optim.lr=2e-5"])
     check_paths(cfg)                      # at launch: data files, checkpoints exist
@@ -7,8 +7,9 @@
 
 Every problem raises ConfigError, whose text is one `field.path: message` line per problem.
 """
-from .algo import ALGO_DEFAULTS, AlgoConfig
+from .algo import METHOD_SETTINGS, AlgoConfig, algo_config
 from .errors import ConfigError
+from .launch import LaunchConfig
 from .loader import apply_overrides, config_to_dict, load_config, save_resolved_config, validate_config
 from .model import ModelConfig, read_hf_architecture
 from .schema import TrainConfig
@@ -17,8 +18,8 @@ from .sections import (CheckpointConfig, DataConfig, LoggingConfig, OptimConfig,
 from .validation import check_paths, check_world_size
 
 __all__ = [
-    "ALGO_DEFAULTS", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "LoggingConfig",
-    "ModelConfig", "OptimConfig", "ParallelConfig", "RewardConfig", "RolloutConfig", "TrainConfig",
-    "apply_overrides", "check_paths", "check_world_size", "config_to_dict", "load_config",
-    "read_hf_architecture", "save_resolved_config", "validate_config",
+    "METHOD_SETTINGS", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "LaunchConfig",
+    "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "RewardConfig", "RolloutConfig",
+    "TrainConfig", "algo_config", "apply_overrides", "check_paths", "check_world_size", "config_to_dict",
+    "load_config", "read_hf_architecture", "save_resolved_config", "validate_config",
 ]

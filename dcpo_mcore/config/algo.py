@@ -1,116 +1,148 @@
-"""`algo` section: which policy-gradient method and its hyper-parameters.
+"""`algo` section: the policy-gradient method and its settings, one typed class per method.
 
-Several defaults depend on `algo.name` (dcpo_spec.md §6, §7). They are filled by a *before*
-validator from ALGO_DEFAULTS, only for keys the user did not write: an explicit value, including
-an explicit null where null is allowed, always wins. The resolved config saved in the run
-directory carries the filled values, so reloading it never re-derives them.
+`algo.name` selects the class (a pydantic discriminated union), so every method carries only the
+settings it uses, each with that method's own default (docs/algorithm.md [defaults]). A setting the
+chosen method does not use is refused in one line naming it, never accepted and ignored:
+``algo.name=dcpo algo.dual_clip_c=3`` fails, because DCPO's dual clip *is* ``ratio_cap``
+(docs/algorithm.md [choice-one-ratio-cap]).
+
+Which parts make up each method (advantage estimator, token objective, default aggregation) is
+defined once, in dcpo_mcore/algo/algorithms.py; the aggregation default below is read from there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter
+
+from dcpo_mcore.algo.algorithms import ALGORITHMS
 
 from .base import Section
 
-AlgoName = Literal["dcpo", "grpo", "dapo", "gspo"]
 Aggregation = Literal["otm", "token_sum", "token_mean", "seq_mean_token_mean"]
+DEFAULT_ALGORITHM = "dcpo"
+_NAME = "Policy-gradient method: dcpo (default), grpo, dapo or gspo; it decides which settings exist."
 
 
-@dataclass(frozen=True)
-class _SameAs:
-    """A default that copies another field of the same section (after its own default applies)."""
-
-    field: str
-
-
-# name -> {field: default}. Sources: DCPO paper A.9 / spec §6 (dcpo), spec §7.1-7.3 (baselines).
-ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Paper: eps (0.16, 0.2); one r_max = 10 for both advantage signs (spec B13), so the
-    # negative-advantage dual clip defaults to ratio_cap. No KL, no dynamic sampling (spec §1).
-    "dcpo": dict(eps_low=0.16, eps_high=0.2, dual_clip_c=_SameAs("ratio_cap"), aggregation="otm",
-                 kl_coef=0.0, dynamic_sampling=False, overlong_buffer_len=0, overlong_penalty=0.0),
-    # Symmetric 0.2 clip, no dual clip, low_var_kl with beta 0.001 (spec §7.1, B7).
-    "grpo": dict(eps_low=0.2, eps_high=0.2, dual_clip_c=None, aggregation="seq_mean_token_mean",
-                 kl_coef=0.001, dynamic_sampling=False, overlong_buffer_len=0, overlong_penalty=0.0),
-    # Clip-higher (0.2, 0.28), dual clip 10, token-mean, dynamic sampling, 512-token overlong
-    # buffer on the *response* length (spec §7.2, B5).
-    "dapo": dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0, aggregation="token_mean",
-                 kl_coef=0.0, dynamic_sampling=True, overlong_buffer_len=512, overlong_penalty=1.0),
-    # Sequence-ratio clip (3e-4, 4e-4), seq-mean-token-mean, no KL (spec §7.3, B7 recommendation).
-    "gspo": dict(eps_low=_SameAs("gspo_eps_low"), eps_high=_SameAs("gspo_eps_high"), dual_clip_c=None,
-                 aggregation="seq_mean_token_mean", kl_coef=0.0, dynamic_sampling=False,
-                 overlong_buffer_len=0, overlong_penalty=0.0),
-}
-
-_PER_ALGO = "Default depends on algo.name: "
+def _aggregation(name: str):
+    """The aggregation field of method `name`, its default taken from the composition table."""
+    return Field(ALGORITHMS.get(name).aggregation,
+                 description="Token-loss aggregation: otm (paper Eq. 8), token_sum, token_mean (DAPO) or "
+                 f"seq_mean_token_mean (GRPO); {name}'s own is {ALGORITHMS.get(name).aggregation}.")
 
 
-class AlgoConfig(Section):
-    name: AlgoName = Field(
-        "dcpo", description="Policy-gradient method: dcpo (dynamic clip + SAS + OTM), grpo, dapo or gspo.")
-    # Fields below without a default are filled from ALGO_DEFAULTS by _fill_algorithm_defaults.
-    eps_low: float = Field(
-        gt=0.0, lt=1.0, description="Lower clip epsilon (ratio >= 1 - eps_low; dcpo: dynamic bound "
-        "parameter, must be < 0.25). " + _PER_ALGO + "dcpo 0.16, grpo 0.2, dapo 0.2, gspo = gspo_eps_low.")
-    eps_high: float = Field(
-        gt=0.0, description="Upper clip epsilon (ratio <= 1 + eps_high; dcpo: dynamic bound "
-        "parameter). " + _PER_ALGO + "dcpo 0.2, grpo 0.2, dapo 0.28, gspo = gspo_eps_high.")
-    ratio_cap: float = Field(
-        10.0, gt=1.0, description="dcpo only: r_max, the cap on the dynamic upper bound h(q) (paper: 10).")
-    dual_clip_c: float | None = Field(
-        gt=1.0, description="Dual-clip constant c for negative advantages (objective >= A*c); null = "
-        "off. " + _PER_ALGO + "dcpo = ratio_cap, dapo 10, grpo/gspo null.")
-    sas_std: Literal["unbiased", "population"] = Field(
-        "unbiased", description="dcpo only: standard deviation used by Smooth Advantage "
-        "Standardisation: unbiased (G-1, released code) or population (paper A.7); spec B15.")
-    aggregation: Aggregation = Field(
-        description="Token-loss aggregation: otm (paper Eq. 8), token_sum, token_mean (DAPO) or "
-        "seq_mean_token_mean (GRPO). " + _PER_ALGO + "dcpo otm, grpo/gspo seq_mean_token_mean, "
-        "dapo token_mean.")
-    kl_coef: float = Field(
-        ge=0.0, description="KL penalty coefficient beta; 0 = no reference model is built. "
-        + _PER_ALGO + "grpo 0.001, others 0.")
+class _MethodSettings(Section):
+    """Settings every method has. Subclasses give `name` and their own clip defaults."""
+
+    # One-line hints for settings of other methods that a user may expect this one to have.
+    refused_hints: ClassVar[dict[str, str]] = {}
+
+    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty coefficient beta (k3 estimator); "
+                           "0 = no reference model is built.")
     kl_type: Literal["low_var_kl"] = Field(
-        "low_var_kl", description="KL estimator: low_var_kl (k3, clamped as in verl).")
+        "low_var_kl", description="KL estimator: low_var_kl (k3, clamped; docs/algorithm.md [kl]).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (paper: 1).")
     mini_batch_prompts: int = Field(
         32, ge=1, description="Prompts per optimizer step (paper: 32, i.e. 16 optimizer steps per "
         "512-prompt training step); must divide rollout.prompts_per_step.")
-    dynamic_sampling: bool = Field(
-        description="DAPO dynamic sampling: drop groups whose rewards all agree and generate more "
-        "until prompts_per_step groups remain; dapo only. " + _PER_ALGO + "dapo true, others false.")
-    max_gen_batches: int = Field(
-        10, ge=1, description="DAPO over-generation cap: most rollout batches generated for one "
-        "training step before giving up with an error.")
-    overlong_buffer_len: int = Field(
-        ge=0, description="DAPO overlong shaping: responses longer than max_new_tokens - this many "
-        "tokens get a linear penalty; 0 = off; < rollout.max_new_tokens. " + _PER_ALGO
-        + "dapo 512, others 0.")
-    overlong_penalty: float = Field(
-        ge=0.0, description="DAPO overlong shaping: penalty reached at max_new_tokens. "
-        + _PER_ALGO + "dapo 1.0, others 0.")
-    gspo_eps_low: float = Field(
-        3e-4, gt=0.0, lt=1.0, description="gspo only: lower clip epsilon of the sequence-level ratio.")
-    gspo_eps_high: float = Field(
-        4e-4, gt=0.0, description="gspo only: upper clip epsilon of the sequence-level ratio.")
-    entropy_coef: float = Field(
-        0.0, description="Entropy bonus coefficient (0 in all paper runs).")
+    entropy_coef: float = Field(0.0, description="Entropy bonus coefficient (0 in all paper runs).")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_algorithm_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data  # an AlgoConfig instance, or junk that pydantic will reject with a clear message
-        # An unknown name still gets dcpo's values so the Literal check is the only error reported.
-        name = data.get("name", cls.model_fields["name"].default)
-        table = ALGO_DEFAULTS.get(name if isinstance(name, str) else "dcpo", ALGO_DEFAULTS["dcpo"])
-        data = dict(data)
-        for key, default in table.items():
-            if key in data:
-                continue
-            if isinstance(default, _SameAs):
-                default = data.get(default.field, cls.model_fields[default.field].default)
-            data[key] = default
-        return data
+    def rollout_shaping(self) -> dict[str, Any]:
+        """Keyword arguments for the rollout stage's group filter and reward shaping (DAPO's only)."""
+        return {}
+
+
+class DcpoSettings(_MethodSettings):
+    """DCPO: dynamic-adaptive clip bounds, smooth advantage standardisation, OTM (docs/algorithm.md)."""
+
+    refused_hints: ClassVar[dict[str, str]] = {
+        "dual_clip_c": "dcpo clips negative advantages at algo.ratio_cap, one r_max for both signs "
+                       "(docs/algorithm.md [choice-one-ratio-cap]); set algo.ratio_cap",
+    }
+
+    name: Literal["dcpo"] = Field("dcpo", description=_NAME)
+    eps_low: float = Field(0.16, gt=0.0, description="Dynamic lower-bound parameter (paper 0.16); "
+                           "must be < 0.25 so the bound is real at q = 1 (docs/algorithm.md [dac-bounds]).")
+    eps_high: float = Field(0.2, gt=0.0, description="Dynamic upper-bound parameter (paper 0.2).")
+    ratio_cap: float = Field(10.0, gt=1.0, description="r_max: the cap on the dynamic upper bound and "
+                             "the dual clip of negative advantages (paper: 10).")
+    sas_std: Literal["unbiased", "population"] = Field(
+        "unbiased", description="Standard deviation of Smooth Advantage Standardisation: unbiased "
+        "(G-1, released code) or population (paper A.7); docs/algorithm.md [choice-sas-std].")
+    aggregation: Aggregation = _aggregation("dcpo")
+
+
+class PpoClipSettings(_MethodSettings):
+    """The fixed-bound PPO clip GRPO and DAPO share (docs/algorithm.md [baselines])."""
+
+    eps_low: float = Field(0.2, gt=0.0, lt=1.0, description="Lower clip epsilon: ratio >= 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0.0, description="Upper clip epsilon: ratio <= 1 + eps_high.")
+    dual_clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant c for negative "
+                                      "advantages (objective >= A*c); null = off.")
+
+
+class GrpoSettings(PpoClipSettings):
+    """GRPO: group standardisation, symmetric PPO clip, KL to the reference policy."""
+
+    name: Literal["grpo"] = Field("grpo", description=_NAME)
+    kl_coef: float = Field(0.001, ge=0.0, description="KL penalty coefficient beta (k3 estimator); "
+                           "0 = no reference model is built (docs/algorithm.md [choice-grpo-kl]).")
+    aggregation: Aggregation = _aggregation("grpo")
+
+
+class DapoSettings(PpoClipSettings):
+    """DAPO: clip-higher, token-mean, dynamic sampling and soft overlong punishment."""
+
+    name: Literal["dapo"] = Field("dapo", description=_NAME)
+    eps_high: float = Field(0.28, gt=0.0, description="Upper clip epsilon (clip-higher): ratio <= 1 + eps_high.")
+    dual_clip_c: float | None = Field(10.0, gt=1.0, description="Dual-clip constant c for negative "
+                                      "advantages (objective >= A*c); null = off.")
+    aggregation: Aggregation = _aggregation("dapo")
+    dynamic_sampling: bool = Field(
+        True, description="Drop groups whose rewards all agree and generate more until "
+        "rollout.prompts_per_step groups remain.")
+    max_gen_batches: int = Field(
+        10, ge=1, description="Most rollout batches generated for one training step before giving up "
+        "with an error.")
+    overlong_buffer_len: int = Field(
+        512, ge=0, description="Responses longer than rollout.max_new_tokens - this many tokens get a "
+        "linear penalty (on the response length, docs/algorithm.md [choice-overlong-length]); 0 = off.")
+    overlong_penalty: float = Field(1.0, ge=0.0, description="Overlong penalty reached at max_new_tokens.")
+
+    def rollout_shaping(self) -> dict[str, Any]:
+        return dict(dynamic_sampling=self.dynamic_sampling, max_gen_batches=self.max_gen_batches,
+                    overlong_buffer_len=self.overlong_buffer_len, overlong_penalty=self.overlong_penalty)
+
+
+class GspoSettings(_MethodSettings):
+    """GSPO: the clip acts on the per-sequence geometric-mean ratio (docs/algorithm.md [gspo])."""
+
+    refused_hints: ClassVar[dict[str, str]] = {
+        "gspo_eps_low": "gspo's sequence-ratio clip is algo.eps_low / algo.eps_high (default 3e-4 / 4e-4)",
+        "gspo_eps_high": "gspo's sequence-ratio clip is algo.eps_low / algo.eps_high (default 3e-4 / 4e-4)",
+    }
+
+    name: Literal["gspo"] = Field("gspo", description=_NAME)
+    eps_low: float = Field(3e-4, gt=0.0, lt=1.0, description="Lower clip epsilon of the sequence ratio.")
+    eps_high: float = Field(4e-4, gt=0.0, description="Upper clip epsilon of the sequence ratio.")
+    aggregation: Aggregation = _aggregation("gspo")
+
+
+METHOD_SETTINGS: dict[str, type[_MethodSettings]] = {
+    cls.model_fields["name"].default: cls for cls in (DcpoSettings, GrpoSettings, DapoSettings, GspoSettings)}
+assert set(METHOD_SETTINGS) == set(ALGORITHMS.names()), "every registered method needs its settings class"
+
+AlgoConfig = Annotated[Union[DcpoSettings, GrpoSettings, DapoSettings, GspoSettings], Field(discriminator="name")]
+_ADAPTER: TypeAdapter = TypeAdapter(AlgoConfig)
+
+
+def with_default_name(data: Any) -> Any:
+    """An `algo:` mapping without `name` means DCPO (the discriminator needs the key present)."""
+    if isinstance(data, dict) and "name" not in data:
+        return {"name": DEFAULT_ALGORITHM, **data}
+    return data
+
+
+def algo_config(**values: Any) -> _MethodSettings:
+    """Build one method's settings from keyword values (raises pydantic's ValidationError)."""
+    return _ADAPTER.validate_python(with_default_name(values))

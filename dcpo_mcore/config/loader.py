@@ -11,12 +11,12 @@ import copy
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError, format_loc, from_validation_error, section_at, suggest
+from .errors import ConfigError, format_loc, from_validation_error, section_at, section_keys, suggest
 from .schema import TrainConfig
 
 RESOLVED_NAME = "config.yaml"
@@ -61,20 +61,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check_override_key(item: str, parts: list[str]) -> str | None:
-    """None if `parts` names a config field, else a one-line problem with close matches."""
-    model: type[BaseModel] = TrainConfig
+    """None if `parts` names a config field, else a one-line problem with close matches.
+
+    Below a tagged section (`algo`) a key of any member passes here: which member applies depends
+    on the final `algo.name`, and validation then refuses a key that member does not have."""
+    fields: Iterable[str] = TrainConfig.model_fields
+    model: type[BaseModel] | None = TrainConfig
     for i, part in enumerate(parts):
-        if part not in model.model_fields:
+        if part not in fields:
             path = format_loc(parts[: i + 1])
             prefix = format_loc(parts[:i]) + "." if i else ""
-            close = suggest(part, model.model_fields)
+            close = suggest(part, fields)
             hint = (f"; did you mean {', '.join(prefix + c for c in close)}?" if close
-                    else f"; valid keys: {', '.join(prefix + k for k in model.model_fields)}")
+                    else f"; valid keys: {', '.join(prefix + k for k in fields)}")
             return f"override {item!r}: unknown key {path}{hint}"
-        sub = section_at(model, [part])
-        if sub is None and i < len(parts) - 1:
+        if i == len(parts) - 1:
+            return None
+        is_section, members = section_keys(model, part) if model is not None else (False, {})
+        if not is_section:
             return f"override {item!r}: {format_loc(parts[: i + 1])} is a value, not a section"
-        model = sub or model
+        if members:
+            fields = list(dict.fromkeys(k for m in members.values() for k in m.model_fields))
+            model = None  # one level of tagged settings: their values are not sections
+        else:
+            model = section_at(model, [part])
+            fields = model.model_fields
     return None
 
 

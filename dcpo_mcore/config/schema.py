@@ -4,11 +4,12 @@ has validated on its own.
 """
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .algo import AlgoConfig
+from .algo import AlgoConfig, DcpoSettings, with_default_name
 from .base import Section
 from .errors import ConfigProblems
+from .launch import LaunchConfig
 from .model import ModelConfig
 from .sections import (CheckpointConfig, DataConfig, LoggingConfig, OptimConfig, ParallelConfig,
                        RewardConfig, RolloutConfig, SyncConfig)
@@ -32,14 +33,21 @@ class TrainConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="SGLang servers and "
                                    "sampling.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Verifier and reward scheme.")
-    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="Policy-gradient method and its "
-                             "hyper-parameters.")
+    algo: AlgoConfig = Field(default_factory=DcpoSettings, description="Policy-gradient method "
+                             "(algo.name) and that method's own settings.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="AdamW and learning-rate schedule.")
     data: DataConfig = Field(default_factory=DataConfig, description="Prompt datasets and how they are read.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Saving and resuming.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metric sinks.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="Weight broadcast from the trainer "
                              "into the SGLang servers after every update.")
+    launch: LaunchConfig | None = Field(None, description="Slurm layout for the sbatch launchers and "
+                                        "tools/plan.py; null = one colocated node with the job's GPUs.")
+
+    @field_validator("algo", mode="before")
+    @classmethod
+    def _algo_name_defaults_to_dcpo(cls, value):
+        return with_default_name(value)
 
     @model_validator(mode="after")
     def _resolve_and_check(self) -> "TrainConfig":

@@ -3,7 +3,7 @@ checkpointing and logging.
 
 Field-local bounds live here as pydantic constraints; checks that relate two fields (possibly in
 different sections) live in validation.py, where every field path is known.
-Defaults follow the DCPO paper's recipe (dcpo_spec.md §6) where it has one.
+Defaults follow the DCPO paper's recipe (docs/algorithm.md [defaults]) where it has one.
 """
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ class RolloutConfig(Section):
         3072, ge=1, description="Longest response in tokens (paper: 3072).")
     request_timeout_s: float = Field(
         600.0, gt=0.0, description="Timeout for one /generate request, seconds.")
+    mismatch_bound: float = Field(
+        0.05, gt=0.0, description="A step whose mean |trainer - SGLang| log-prob per response token "
+        "exceeds this logs a warning and sets invariant/mismatch_within_bound = 0 (the servers may not "
+        "be serving the trainer's weights).")
     max_concurrency: int = Field(
         256, ge=1, description="Most /generate requests in flight at once, over all servers.")
     sglang_extra_args: list[str] = Field(
@@ -114,7 +118,7 @@ class RewardConfig(Section):
         "or exact_match (normalised string equality).")
     scheme: Literal["ternary", "binary"] = Field(
         "ternary", description="ternary: +1 correct, 0 wrong answer, -1 no parsable answer (paper A.4); "
-        "binary: +1/-1. Use the same scheme for every method in a comparison (spec B8).")
+        "binary: +1/-1. Use the same scheme for every method in a comparison (docs/algorithm.md [choice-same-reward]).")
     timeout_s: float = Field(3.0, gt=0.0, description="Per-response grading timeout, seconds (spec: 3).")
     num_workers: int = Field(4, ge=1, description="Grader worker processes.")
 
@@ -137,13 +141,13 @@ class OptimConfig(Section):
 
 class DataConfig(Section):
     train_files: list[str] = Field(
-        default_factory=list, description="Training prompt files (.parquet or .jsonl, spec §10 "
+        default_factory=list, description="Training prompt files (.parquet or .jsonl, docs/algorithm.md [data-layout] "
         "layout); paths relative to the working directory. Checked to exist at launch.")
     eval_files: list[str] = Field(
         default_factory=list, description="Evaluation files (.parquet or .jsonl); empty = no evaluation.")
     prompt_key: Literal["source_index", "prompt_hash"] = Field(
         "source_index", description="Key of the per-prompt SAS statistics: source_index = "
-        "'<data_source>:<extra_info.index>' or prompt_hash = hash of the prompt text (spec B9).")
+        "'<data_source>:<extra_info.index>' or prompt_hash = hash of the prompt text (docs/algorithm.md [choice-prompt-key]).")
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="A malformed dataset row stops the run (error) or is skipped and counted (skip).")
     shuffle: bool = Field(True, description="Shuffle the training prompts each epoch (seeded by seed).")
@@ -166,15 +170,16 @@ class CheckpointConfig(Section):
     resume: str = Field(
         "auto", min_length=1, description="auto: resume from the latest checkpoint in dir if any; "
         "never: start fresh; anything else: the checkpoint path to resume from.")
-    async_save: bool = Field(False, description="Write checkpoints in the background (megatron async save).")
 
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files under <run_dir>/tb.")
     wandb: bool = Field(False, description="Log to Weights & Biases.")
     wandb_project: str = Field("dcpo-mcore", description="W&B project name (used when wandb is on).")
-    console: bool = Field(True, description="Print a one-line summary per logged step.")
-    log_interval: int = Field(1, ge=1, description="Log metrics every this many training steps.")
+    console: bool = Field(True, description="Print a one-line progress summary on stderr.")
+    log_interval: int = Field(1, ge=1, description="Print the console summary every this many training "
+                              "steps (and at the first and last); metrics.jsonl, TensorBoard and W&B "
+                              "record every step.")
 
 
 class SyncConfig(Section):

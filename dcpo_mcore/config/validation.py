@@ -106,18 +106,12 @@ def _rollout(cfg: "TrainConfig") -> list[str]:
 def _algo(cfg: "TrainConfig") -> list[str]:
     a = cfg.algo
     out = []
-    if a.name == "dcpo" and not a.eps_low < 0.25:
+    if a.name == "dcpo" and not a.eps_low < 0.25:  # cross-field style, so it is reported with the rest
         out.append(f"algo.eps_low: {a.eps_low} must be in (0, 0.25) for algo.name=dcpo, else the lower "
                    "bound 0.5+0.5*sqrt(1-4*eps_low/q) is not real at q=1; use e.g. 0.16 (paper)")
-    if a.dynamic_sampling and a.name != "dapo":
-        out.append(f"algo.dynamic_sampling: true is DAPO's filter and algo.name={a.name}; set "
-                   "algo.dynamic_sampling=false or algo.name=dapo")
-    if a.name == "gspo" and (a.eps_low, a.eps_high) != (a.gspo_eps_low, a.gspo_eps_high):
-        out.append(f"algo.eps_low: for algo.name=gspo (eps_low, eps_high)=({a.eps_low}, {a.eps_high}) "
-                   f"disagree with (gspo_eps_low, gspo_eps_high)=({a.gspo_eps_low}, {a.gspo_eps_high}); "
-                   "set only algo.gspo_eps_low / algo.gspo_eps_high")
-    if a.overlong_buffer_len and a.overlong_buffer_len >= cfg.rollout.max_new_tokens:
-        out.append(f"algo.overlong_buffer_len: {a.overlong_buffer_len} must be < rollout.max_new_tokens="
+    buffer = a.rollout_shaping().get("overlong_buffer_len", 0)
+    if buffer and buffer >= cfg.rollout.max_new_tokens:
+        out.append(f"algo.overlong_buffer_len: {buffer} must be < rollout.max_new_tokens="
                    f"{cfg.rollout.max_new_tokens}; use a smaller buffer or 0 to turn overlong shaping off")
     return out
 

@@ -4,7 +4,7 @@ Public API
 ----------
 ``load_prompt_dataset(files, tokenizer, *, prompt_key, on_bad_row, chat_template, max_prompt_tokens,
 dedup_replicas) -> PromptDataset``
-    Reads the spec §10 layout, validates every row (``on_bad_row``: "error" raises a one-line
+    Reads the docs/algorithm.md [data-layout] layout, validates every row (``on_bad_row``: "error" raises a one-line
     :class:`DataError` naming file, row, problem and fix; "skip" counts the row per reason in the
     :class:`LoadReport`), keys each prompt (``"<data_source>:<index>"`` or ``"sha1:<16 hex>"``),
     collapses identical replicas (or keeps them), refuses conflicting duplicates, renders the chat
@@ -20,8 +20,8 @@ dedup_replicas) -> PromptDataset``
     The CPU demo's synthetic addition/multiplication task in the same file layout: train, an i.i.d.
     held-out split, and optionally a harder held-out set that is half products.
 
-This package imports neither torch.distributed nor megatron (design.md §7): every rank can load the
-prompts on its own, or rank 0 can load and broadcast the indices the cursor yields.
+This package imports neither torch.distributed nor megatron (docs/architecture.md [conv-no-dist-in-data]):
+every rank can load the prompts on its own, or rank 0 can load and broadcast the indices the cursor yields.
 """
 from .cursor import PromptCursor
 from .dataset import BAD_ROW_POLICIES, PROMPT_KEY_MODES, PromptDataset, load_prompt_dataset, make_prompt_key

@@ -1,8 +1,8 @@
 """A resumable, seeded stream of prompt-index batches, epoch after epoch.
 
 Why its own class rather than a torch DataLoader: the whole state is a few integers (plus at most
-one batch of indices) that go into the checkpoint as JSON (design.md §8), and a resumed run must
-draw exactly the batches the uninterrupted run would have drawn.
+one batch of indices) that go into the checkpoint as JSON (docs/architecture.md [conv-atomic-checkpoints]), and a
+resumed run must draw exactly the batches the uninterrupted run would have drawn.
 
 Semantics:
 

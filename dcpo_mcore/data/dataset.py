@@ -1,7 +1,7 @@
 """Load prompt files into a :class:`PromptDataset`: validate, key, de-duplicate, render, tokenise, filter.
 
-Keys (config ``data.prompt_key``; spec B9: the reference code keyed SAS state by a bare
-``extra_info.index`` that defaults to 0 and collides across merged files):
+Keys (config ``data.prompt_key``; docs/algorithm.md [choice-prompt-key]: the authors' code keyed SAS state by
+a bare ``extra_info.index`` that defaults to 0 and collides across merged files):
 
 * ``source_index`` -- ``f"{data_source}:{extra_info.index}"``; readable, stable if the text is edited.
 * ``prompt_hash``  -- ``"sha1:" + sha1(rendered prompt text)[:16]`` (64 bits); for files without a
@@ -11,8 +11,8 @@ Keys (config ``data.prompt_key``; spec B9: the reference code keyed SAS state by
 Duplicate keys, over ALL files loaded together:
 
 * identical replicas (same rendered prompt and same ground truth) are legitimate -- the shipped
-  AIME/AMC eval files hold 32 copies of every problem for Avg@32 (spec §10). ``dedup_replicas=True``
-  collapses them into the first row (training: one SAS key, one record per problem);
+  AIME/AMC eval files hold 32 copies of every problem for Avg@32 (docs/algorithm.md [data-eval-sets]).
+  ``dedup_replicas=True`` collapses them into the first row (training: one SAS key, one record per problem);
   ``dedup_replicas=False`` keeps every row. Either way ``PromptDataset.replica_counts[key]`` says
   how many rows the problem had, so evaluation can draw that many samples per unique prompt.
 * a duplicate key whose prompt or answer DIFFERS means two problems would share one identity

@@ -1,6 +1,6 @@
 """Read DCPO prompt files (``.parquet``, ``.jsonl``) and validate one row at a time.
 
-Layout (dcpo_spec.md §10), the same for both formats (JSONL rows carry the nested objects)::
+Layout (docs/algorithm.md [data-layout]), the same for both formats (JSONL rows carry the nested objects)::
 
     data_source              str, non-empty
     prompt                   list of {role: str, content: str}; a plain string is accepted too and

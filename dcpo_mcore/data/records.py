@@ -32,7 +32,8 @@ class DataError(UserError, ValueError):
     """Every dataset problem the user must fix. ``str()`` is always one line: cause and fix.
 
     Newlines in the message (for example from an exception text quoted in it) are folded into
-    spaces, so a launcher's log shows the whole problem on the line it fails on (design.md §13).
+    spaces, so a launcher's log shows the whole problem on the line it fails on
+    (docs/architecture.md [conv-one-line-errors]).
     """
 
     def __init__(self, message: str):

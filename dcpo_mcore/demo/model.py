@@ -12,15 +12,14 @@ from typing import Any, Mapping
 
 import torch
 
+from dcpo_mcore.engine.hf_arch import HF_SIZE_KEYS
 from dcpo_mcore.hf.tiny import _config, _model_class, _randomize, _rope
 from dcpo_mcore.errors import UserValueError
 
 __all__ = ["make_demo_model"]
 
-# Our ``model`` section field -> Qwen2Config keyword.
-_FIELDS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "ffn_hidden_size": "intermediate_size",
-           "num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
-           "max_position_embeddings": "max_position_embeddings"}
+# Our ``model`` section field -> Qwen2Config keyword (vocab_size is handled apart: the tokenizer's size).
+_FIELDS = {ours: hf for ours, hf in HF_SIZE_KEYS.items() if ours != "vocab_size"}
 
 
 def _get(cfg: Any, name: str) -> Any:

@@ -5,7 +5,7 @@
 objective (advantage 1, ``token_mean``: the mean cross-entropy of the response tokens), trains on
 ``prompt -> \\boxed{answer}<eos>`` batches, measures held-out greedy accuracy every ``eval_every`` steps
 (:mod:`.greedy`), and stops as soon as it reaches ``target_accuracy`` -- on accuracy, not after a fixed
-number of steps: where the jump comes depends on the seed (platform_notes.md §5) -- or when
+number of steps: where the jump comes depends on the seed (docs/platform.md [demo-calibration]) -- or when
 ``max_steps`` / ``max_seconds`` run out. The final weights are written to ``out_dir`` as an HF checkpoint
 directory (config, tokenizer, ``model.safetensors``) with the same streaming export ``dcpo-convert``
 uses, ready for SGLang and ``PolicyEngine.from_hf``.
@@ -54,7 +54,7 @@ MCORE_SUBDIR = "mcore"  # out_dir/mcore: torch_dist checkpoint (weights + Adam s
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """How long and how to pretrain. Defaults follow the calibration in platform_notes.md §5."""
+    """How long and how to pretrain. Defaults follow the calibration in docs/platform.md [demo-calibration]."""
 
     batch_size: int = 128  # sequences per optimizer step
     lr: float = 2e-3  # AdamW, constant after warmup

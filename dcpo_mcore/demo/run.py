@@ -28,7 +28,7 @@ class DemoOptions:
     n_train: int = 8000  # training questions (as calibrated); no held-out question is ever among them
     n_eval: int = 200  # the held-out set: a random (i.i.d.) split of the same questions, ~91% sums
     n_eval_balanced: int = 200  # a second, harder held-out set, half products (0: none)
-    pretrain_target: float = 0.35  # stop pretraining at this held-out greedy accuracy (platform_notes §5)
+    pretrain_target: float = 0.35  # stop at this held-out greedy accuracy (docs/platform.md [demo-calibration])
     pretrain_eval_every: int = 5  # held-out checks while pretraining: the accuracy jumps within ~25 steps
     pretrain_max_seconds: float = 420.0
     baseline: bool = True  # also measure "more pretraining for the same time"

@@ -1,6 +1,6 @@
 """Run unmodified megatron-core on a CPU-only torch, over gloo.
 
-megatron-core hard-codes CUDA in about 50 places (platform_notes.md §1): `device="cuda"` factories,
+megatron-core hard-codes CUDA in about 50 places (docs/platform.md [cpu-megatron]): `device="cuda"` factories,
 `torch.cuda.current_device()` buffers, CUDA RNG state juggling in the RNG tracker and in activation
 recompute, `param.type() == 'torch.cuda.FloatTensor'` asserts in the optimizer, stream/event/synchronize
 calls, and a sequence-parallel assert in the plain-torch norm. Instead of forking megatron, this layer

@@ -5,7 +5,7 @@ TP x PP x DP (x VPP) layout loads at any other with the same optimizer kind (dis
 two kinds store different formats, so switching kind is refused with a clear error).
 
 Two upstream bugs of megatron-core 0.16.1 (still in 0.19.2) hit the distributed optimizer with the torch
-AdamW fallback (no TE / apex) and are guarded here (platform_notes.md §1):
+AdamW fallback (no TE / apex) and are guarded here (docs/platform.md [dist-optimizer-checkpoint]):
 
 1. ``KeyError: 'step'`` on load. (a) ``DistributedOptimizer.state_dict()`` asserts that exactly one
    ``step`` exists, so a fresh optimizer (empty Adam state) cannot even build its loading state dict.

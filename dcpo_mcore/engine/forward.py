@@ -10,8 +10,9 @@ Loss scaling contract (megatron-core 0.16.1, ``schedules.forward_step_calc_loss`
   wraps it (:func:`finalize_grads_without_token_scaling`) so that it does not.
 
 Net effect: the gradient is exactly d(sum of the micro-batch losses over all micro-batches and DP
-ranks). Our losses already carry the step's GLOBAL denominators (algo.GlobalCounts, spec §5.2 / B3-B4),
-so this sum is the full-batch loss whatever the TP x PP x DP x micro-batch layout.
+ranks). Our losses already carry the step's GLOBAL denominators (algo.GlobalCounts;
+docs/algorithm.md [global-denominators]), so this sum is the full-batch loss whatever the TP x PP x DP x
+micro-batch layout.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from dcpo_mcore.errors import UserError
 
-__all__ = ["ArchError", "ArchSpec", "RopeScaling", "SUPPORTED_ARCHITECTURES", "padded_vocab_size"]
+__all__ = ["ArchError", "ArchSpec", "HF_SIZE_KEYS", "RopeScaling", "SUPPORTED_ARCHITECTURES", "padded_vocab_size"]
 
 # HF `architectures` entry -> our family name; `model_type` is the family name itself.
 SUPPORTED_ARCHITECTURES = {
@@ -34,15 +34,18 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
 }
 _FAMILIES = tuple(SUPPORTED_ARCHITECTURES.values())
-# ArchSpec field -> config.json key, for the integer sizes that have no default.
-_REQUIRED_INTS = {
+# ArchSpec field (also the name in the config's `model` section) -> config.json key, for the integer
+# sizes. The one table of these names: the config, the demo's model writer and the reader below use it.
+HF_SIZE_KEYS = {
     "num_layers": "num_hidden_layers",
     "hidden_size": "hidden_size",
     "ffn_hidden_size": "intermediate_size",
     "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_key_value_heads",  # optional in config.json: absent = one group per head
     "vocab_size": "vocab_size",
     "max_position_embeddings": "max_position_embeddings",
 }
+_REQUIRED_INTS = {ours: theirs for ours, theirs in HF_SIZE_KEYS.items() if ours != "num_query_groups"}
 # Defaults of the three transformers config classes, used when an (old) config.json omits a key.
 _DEFAULT_RMS_EPS = 1e-6
 _DEFAULT_ROPE_THETA = 10000.0

@@ -25,7 +25,8 @@ def init_distributed(timeout_s: float = 600.0) -> None:
 
 
 def init_model_parallel(layout: ParallelLayout, seed: int) -> None:
-    """Megatron parallel state plus both seeds (platform_notes: torch AND the model-parallel tracker).
+    """Megatron parallel state plus both seeds (docs/platform.md [cpu-megatron-rules]: torch AND
+    the model-parallel tracker).
 
     On a CPU-only machine the compatibility layer is installed first, before any model is built.
     """

@@ -206,7 +206,8 @@ class PolicyEngine:
         """One optimizer step over ``samples`` (the whole mini-batch, the same list on every rank).
 
         ``counts`` defaults to the samples' global counts with ``prompts = len(samples) / group_size``
-        (spec §5.2: P = |M| / G). ``schedule_step`` picks the LR (default: applied steps so far).
+        (docs/algorithm.md [otm-canonical]: P = |M| / G). ``schedule_step`` picks the LR (default: applied steps
+        so far).
         """
         if self.loss_spec is None or self.optimizer is None:
             raise ValueError("this engine cannot train: build it with a LossSpec and trainable=True")
@@ -310,6 +311,7 @@ def _step_metrics(totals: dict, result, lr: float, num_micro: int) -> dict[str, 
         "clip/low_ratio": float(clip["low_ratio"]),
         "clip/high_ratio": float(clip["high_ratio"]),
         "clip/dual_ratio": float(clip["dual_ratio"]),
+        "clip/micro_batches": float(clip["micro_batches"]),
         "actor/entropy": float(totals["entropy_sum"]) / tokens if tokens else float("nan"),
         "actor/ppo_kl": float(totals["ppo_kl_sum"]) / tokens if tokens else float("nan"),
         "perf/response_tokens": tokens,

@@ -1,6 +1,7 @@
 """Memory planner: per-GPU estimate of a trainer layout and the SGLang KV budget, before a job is submitted.
 
-    plan = make_plan(load_config("configs/qwen2.5-14b_dcpo.yaml"), load_launch_settings(...))
+    cfg = load_config("configs/qwen2.5-14b_dcpo.yaml")
+    plan = make_plan(cfg, cfg.launch)
     print(format_plan(plan)); problems = plan.problems   # [] = the layout fits
 
 Pure functions of the config, the architecture and the launch settings; nothing is allocated.
@@ -342,38 +343,34 @@ def format_plan(plan: Plan) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tools/plan.py CONFIG [key=value ...] [--launch FILE]``: print the plan; exit 2 if it cannot run."""
+    """``tools/plan.py CONFIG [key=value ...]``: print the plan for the config's ``launch:`` section; exit
+    2 if it cannot run."""
     import argparse
     import sys
 
     from dcpo_mcore.config import ConfigError, load_config
 
-    from .settings import LaunchError, find_launch_file, load_launch_settings
+    from .settings import LaunchError, LaunchSettings
 
     ap = argparse.ArgumentParser(prog="plan", description="Per-GPU memory estimate and rollout KV budget of a "
                                  "config; exits 2 with a one-line error when the layout cannot run.")
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, as for dcpo-train")
-    ap.add_argument("--launch", help="launch settings YAML (default: configs/slurm/<config name>.yaml if it exists)")
-    ap.add_argument("--gpu-mem-gib", type=float, help="override gpu_memory_gib of the launch settings")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        launch_file = args.launch or find_launch_file(args.config)
-        launch = load_launch_settings(launch_file)
-        if launch_file is None:  # no launch settings: one model replica (DP 1) on 80 GiB GPUs
+        launch = cfg.launch
+        if launch is None:  # no launch section: one model replica (DP 1) on 80 GiB GPUs
             p = cfg.parallel
-            launch = launch.model_copy(update={
-                "train_procs_per_node": p.tensor_model_parallel_size * p.pipeline_model_parallel_size})
-        if args.gpu_mem_gib:
-            launch = launch.model_copy(update={"gpu_memory_gib": args.gpu_mem_gib})
+            launch = LaunchSettings(train_procs_per_node=p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
         plan = make_plan(cfg, launch)
     except (ConfigError, LaunchError) as exc:
         lines = str(exc).splitlines()
         more = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
         print(f"plan: error: {lines[0]}{more}", file=sys.stderr)
         return 2
-    print(f"launch settings: {launch_file or 'none (one model replica, DP 1, on 80 GiB GPUs)'}")
+    print("launch settings: " + ("the config's launch section" if cfg.launch is not None
+                                 else "none (one model replica, DP 1, on 80 GiB GPUs)"))
     print(format_plan(plan))
     if plan.problems:
         more = f" (and {len(plan.problems) - 1} more problem(s))" if len(plan.problems) > 1 else ""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .settings import LaunchError, LaunchSettings, find_launch_file, load_launch_settings
+from .settings import LaunchError, LaunchSettings
 
 PORT_LOW, PORT_BLOCK, PORT_SLOTS = 10000, 32, 700
 MAX_SERVERS_PER_NODE = (PORT_BLOCK - 4) // 2
@@ -90,7 +90,7 @@ def _gpu_env_lists(launch: LaunchSettings, env: Mapping[str, str]) -> tuple[str,
 
 
 def default_launch(cfg, env: Mapping[str, str]) -> LaunchSettings:
-    """No launch settings file: one colocated node with the GPUs Slurm gave the job (none = CPU-only),
+    """No ``launch:`` section: one colocated node with the GPUs Slurm gave the job (none = CPU-only),
     ``rollout.num_servers * rollout.server_tp_size`` of them for SGLang."""
     gpus = int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
     rollout_gpus = min(gpus - 1, max(1, cfg.rollout.num_servers) * cfg.rollout.server_tp_size) if gpus > 1 else 0
@@ -99,8 +99,7 @@ def default_launch(cfg, env: Mapping[str, str]) -> LaunchSettings:
 
 
 def resolve(config: str, overrides: Sequence[str], *, mode: str, env: Mapping[str, str],
-            hostnames: Sequence[str] | None = None, launch_file: str | None = None,
-            python: str = sys.executable) -> JobPlan:
+            hostnames: Sequence[str] | None = None, python: str = sys.executable) -> JobPlan:
     """The job plan for ``config`` + ``overrides`` in the allocation described by ``env`` (SLURM_*)."""
     from dcpo_mcore.config import ConfigError, load_config
 
@@ -110,13 +109,13 @@ def resolve(config: str, overrides: Sequence[str], *, mode: str, env: Mapping[st
         cfg = load_config(config, overrides)
     except ConfigError as exc:
         raise LaunchError(str(exc)) from None
-    launch_path = launch_file or env.get("DCPO_LAUNCH") or find_launch_file(config)
-    launch = load_launch_settings(launch_path) if launch_path else default_launch(cfg, env)
+    launch = cfg.launch or default_launch(cfg, env)
     if mode == "colocated" and not launch.colocated:  # a disagg recipe squeezed onto one node
         launch = launch.model_copy(update={"rollout_nodes": 0, "train_nodes": 1})
     if mode == "disagg" and launch.colocated:
-        raise LaunchError(f"--mode disagg needs rollout_nodes >= 1 in the launch settings "
-                          f"({launch_path or 'none found'}); use slurm/dcpo_colocated.sbatch or set rollout_nodes")
+        raise LaunchError(f"--mode disagg needs launch.rollout_nodes >= 1 in {config} (got "
+                          f"{'no launch section' if cfg.launch is None else launch.rollout_nodes}); use "
+                          "slurm/dcpo_colocated.sbatch or set launch.rollout_nodes")
     plan = make_plan(cfg, launch)
     if plan.problems:
         raise LaunchError(plan.problems[0])
@@ -228,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dcpo_mcore.launch.slurm_env",
                                  description="Resolve the Slurm allocation into the launcher's commands.")
     ap.add_argument("--mode", choices=["colocated", "disagg"], required=True)
-    ap.add_argument("--launch", help="launch settings YAML (default: $DCPO_LAUNCH or configs/slurm/<config name>.yaml)")
     ap.add_argument("--hostnames", help="comma-separated node names instead of scontrol (for --explain off Slurm)")
     ap.add_argument("--job-id", help="instead of $SLURM_JOB_ID (for --explain off Slurm)")
     ap.add_argument("--explain", action="store_true", help="print a readable summary instead of shell assignments")
@@ -244,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        jp = resolve(args.config, args.overrides, mode=args.mode, env=env, hostnames=hosts, launch_file=args.launch)
+        jp = resolve(args.config, args.overrides, mode=args.mode, env=env, hostnames=hosts)
     except LaunchError as exc:
         lines = str(exc).splitlines()
         print(f"slurm_env: error: {lines[0]}" + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""),

@@ -1,7 +1,7 @@
 """Metrics: typed sinks for the once-per-step metric dict, the JSONL history, progress and plots.
 
 The trainer builds its sinks once (:func:`build_sinks`, from the ``logging`` config) and calls
-``sinks.log(step, metrics)`` once per step with namespaced keys (design.md convention 11; the
+``sinks.log(step, metrics)`` once per step with namespaced keys (docs/architecture.md [conv-metric-keys]; the
 standard ones are documented in :data:`METRIC_KEYS`). ``RUN_DIR/metrics.jsonl`` is always written
 and is the source of truth; TensorBoard, W&B and the console line are views on it. ``dcpo-report``
 (:mod:`.report`) turns one or more run directories into PNG plots and a markdown summary.

@@ -68,10 +68,15 @@ def format_progress_line(step: int, total_steps: int, seconds_per_step: float | 
 
 
 class ConsoleProgress:
-    """A metric sink that prints the progress line for every ``log`` call."""
+    """A metric sink that prints the progress line every ``every`` steps, and always for the first step
+    it sees and the last step of the run (``logging.log_interval``); the step time averages every step."""
 
     def __init__(self, total_steps: int, stream: TextIO = sys.stderr, start_step: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = int(every)
+        self._printed_any = False
         self.total_steps = int(total_steps)
         self.start_step = int(start_step)
         self._stream = stream
@@ -92,6 +97,9 @@ class ConsoleProgress:
         if value is not None and math.isfinite(float(value)):
             self._sum_seconds += float(value)
             self._n_seconds += 1
+        if self._printed_any and step % self.every and step != self.total_steps:
+            return
+        self._printed_any = True
         line = format_progress_line(step, self.total_steps, self.seconds_per_step(step), metrics)
         print(line, file=self._stream, flush=True)
 

@@ -1,4 +1,4 @@
-"""Metric sinks: where the trainer's once-per-step metric dict goes (design.md convention 11).
+"""Metric sinks: where the trainer's once-per-step metric dict goes (docs/architecture.md [conv-metric-keys]).
 
 The trainer reduces its metrics to one ``dict[str, float]`` per step and calls ``sink.log(step,
 metrics)`` once; it never knows which sinks are on. ``metrics.jsonl`` is always written: it is the
@@ -167,7 +167,7 @@ class MultiSink:
 
 
 def build_sinks(run_dir: str | Path, *, tensorboard: bool, wandb: bool, wandb_project: str,
-                console: bool, total_steps: int, start_step: int = 0,
+                console: bool, total_steps: int, start_step: int = 0, console_every: int = 1,
                 resume_from_step: int | None = None, wandb_config: dict | None = None) -> MultiSink:
     """The sinks the ``logging`` config asks for; the JSONL record is always first and always on.
 
@@ -183,5 +183,5 @@ def build_sinks(run_dir: str | Path, *, tensorboard: bool, wandb: bool, wandb_pr
         MultiSink(sinks).close()
         raise
     if console:
-        sinks.append(ConsoleProgress(total_steps, stream=sys.stderr, start_step=start_step))
+        sinks.append(ConsoleProgress(total_steps, stream=sys.stderr, start_step=start_step, every=console_every))
     return MultiSink(sinks)

@@ -1,4 +1,4 @@
-"""Vocab-parallel kernels that take an explicit ``tp_group`` (design.md: ``ops/``).
+"""Vocab-parallel kernels that take an explicit ``tp_group`` (docs/architecture.md [conv-global-counts]).
 
 * :func:`vocab_parallel_logprobs` -- per-token log-probabilities (and entropy) of target tokens from
   vocab-sharded logits ``[T, V/TP]``, chunked along tokens, temperature applied inside, never

@@ -1,6 +1,6 @@
 """Extract the final answer from a model response: the content of the LAST ``\\boxed{...}``.
 
-Rules (dcpo_spec.md §2, mirroring the reference DCPO grader):
+Rules (docs/algorithm.md [reward-extraction], mirroring the authors' DCPO grader):
 
 * Only the literal command ``\\boxed`` immediately followed by ``{`` counts. ``\\fbox{..}``,
   ``\\boxed {..}`` (whitespace before the brace) and ``\\boxed5`` are *not* boxes.

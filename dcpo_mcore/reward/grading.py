@@ -1,13 +1,13 @@
 """Reward schemes and the per-response grading result.
 
-* ``ternary`` (DCPO, paper Eq. 15; dcpo_spec.md §2): +1 correct; 0 a parsable answer (final
+* ``ternary`` (DCPO, paper Eq. 15; docs/algorithm.md [reward-schemes]): +1 correct; 0 a parsable answer (final
   ``\\boxed{}``) that is wrong; -1 no parsable answer ("format error").
 * ``binary`` (the GRPO/DAPO/GSPO baseline scripts): +1 correct, -1 otherwise.
 
 A grading timeout or a grader exception counts as *wrong*. Under ``ternary`` that is 0 when an
 answer was extracted (the reference grader keeps the extracted ``pred`` on timeout, so the DCPO
-mapping yields 0) and -1 when none was. dcpo_spec.md §11 B8 recommends using one scheme for all
-methods in comparisons; which one is a trainer config choice, recorded with the results.
+mapping yields 0) and -1 when none was. Use one scheme for all methods in a comparison
+(docs/algorithm.md [choice-same-reward]); which one is a trainer config choice, recorded with the results.
 """
 from __future__ import annotations
 

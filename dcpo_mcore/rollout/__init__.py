@@ -1,4 +1,4 @@
-"""Rollout: the only code that speaks HTTP to SGLang (design.md, "rollout/").
+"""Rollout: the only code that speaks HTTP to SGLang (docs/architecture.md [folder-map]).
 
 * :class:`ServerManager` / :class:`LaunchSpec` (server.py): launch N local SGLang servers (+ an
   sglang-router when N > 1) or attach to URLs; health waiting, logs, restart of dead servers,

@@ -6,7 +6,8 @@ Weight-update calls must reach EVERY worker directly (the sglang-router answers 
         EngineAdmin(url).update_weight_version("step-12")
 
 ``update_weights_from_distributed`` blocks until the server has received every tensor, so the
-weight sync (dcpo_mcore/sync) runs it in a thread while it broadcasts (platform_notes.md §2).
+weight sync (dcpo_mcore/sync) runs it in a thread while it broadcasts
+(docs/platform.md [sglang-weight-update]).
 A call that fails raises :class:`RequestRejected` with the server's message, in one line.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Rollout errors. Each one's ``str()`` is ONE line that names the server and the cause (design §13);
-a launch failure adds the tail of the server log after that first line."""
+"""Rollout errors. Each one's ``str()`` is ONE line that names the server and the cause
+(docs/architecture.md [conv-one-line-errors]); a launch failure adds the tail of the server log after that
+first line."""
 from __future__ import annotations
 
 import asyncio

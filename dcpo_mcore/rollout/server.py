@@ -18,7 +18,7 @@ What the manager guarantees for servers it launched:
   also at interpreter exit.
 
 On a machine without CUDA the server runs SGLang's CPU engine with the flags measured in
-platform_notes.md §2 and the CPU compatibility shim (cpu_shim/) first on its PYTHONPATH.
+docs/platform.md [sglang-cpu] and the CPU compatibility shim (cpu_shim/) first on its PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ log = logging.getLogger("dcpo_mcore.rollout")
 
 SGLANG_SERVER_MODULE = "sglang.launch_server"
 SGLANG_ROUTER_MODULE = "sglang_router.launch_router"
-# Measured to work on CPU (platform_notes.md §2). --dtype float32: otherwise a float32 checkpoint is
+# Measured to work on CPU (docs/platform.md [sglang-cpu]). --dtype float32: otherwise a float32 checkpoint is
 # served in fp16 and logprobs drift. --sleep-on-idle: an idle scheduler otherwise spins a core.
 CPU_SERVER_ARGS: tuple[str, ...] = (
     "--device", "cpu", "--dtype", "float32", "--attention-backend", "torch_native",

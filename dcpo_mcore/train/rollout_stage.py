@@ -10,8 +10,8 @@ Two things can make a rollout unusable, and both are repaired here rather than t
   start-up weights. Every sample carries the ``weight_version`` it was generated with; groups whose
   version is not the one last pushed are dropped, the weights are pushed again (a collective), and
   those groups are generated again.
-* **DAPO dynamic sampling** (spec §7.2): groups whose rewards all agree carry no signal; more
-  prompts are rolled out until ``prompts_per_step`` informative groups are kept, at most
+* **DAPO dynamic sampling** (docs/algorithm.md [dapo-dynamic-sampling]): groups whose rewards all agree carry
+  no signal; more prompts are rolled out until ``prompts_per_step`` informative groups are kept, at most
   ``max_gen_batches`` rounds, and every generated response is counted.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ class RolloutStage:
                               record.ground_truth))
         graded = self.pool.grade_batch(texts)
         rewards = torch.tensor([g.reward for g in graded], dtype=torch.float32)
-        if s.overlong_buffer_len > 0:  # DAPO soft overlong punishment on response length (spec B5)
+        if s.overlong_buffer_len > 0:  # DAPO overlong shaping (docs/algorithm.md [dapo-overlong])
             lengths = torch.tensor([len(r) for r in out.response_ids])
             rewards = rewards + overlong_penalty(lengths, s.max_new_tokens, s.overlong_buffer_len, s.overlong_penalty)
         out.rewards = rewards.tolist()

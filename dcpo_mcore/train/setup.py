@@ -1,5 +1,6 @@
-"""Build everything the loop needs from the validated config, once (design.md convention 6: strategies
-are chosen here, not with ``if`` inside the step), and tear it down in reverse order.
+"""Build everything the loop needs from the validated config, once, and tear it down in reverse order.
+
+Strategies are chosen here, not with ``if`` inside the step (docs/architecture.md [conv-build-once]).
 
 Rank 0 owns the processes and connections (SGLang servers, rollout client, grader pool, metric
 sinks, evaluation); every rank owns the engine, the weight-sync endpoint, the SAS store, the cursor
@@ -153,13 +154,11 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
                             group_size=cfg.rollout.n_samples_per_prompt,
                             sampling=SamplingParams.from_config(cfg.rollout),
                             max_new_tokens=cfg.rollout.max_new_tokens,
-                            dynamic_sampling=cfg.algo.dynamic_sampling, max_gen_batches=cfg.algo.max_gen_batches,
-                            overlong_buffer_len=cfg.algo.overlong_buffer_len,
-                            overlong_penalty=cfg.algo.overlong_penalty),
+                            **cfg.algo.rollout_shaping()),
             sync, client=client, pool=pool, tokenizer=tokenizer,
             next_prompts=lambda: [train_set[i] for i in cursor.next_batch()], cursor_state=cursor.state_dict)
         update = UpdateSettings(parts.spec.estimator, parts.estimator_params, cfg.algo.mini_batch_prompts,
-                                cfg.algo.ppo_epochs)
+                                cfg.algo.ppo_epochs, cfg.rollout.mismatch_bound)
         trainer = Trainer(cfg, engine, sync, rollout, update, store, cursor, ckpt, start_step=start_step,
                           resumed_from=resumed, ref_engine=ref_engine, _close=closers)
         # The servers booted with the checkpoint's weights, not necessarily ours (resume, init_checkpoint),
@@ -280,7 +279,8 @@ def _sinks(cfg: TrainConfig, start_step: int, resumed: str | None, closers: list
     if not resumed and (old := set_aside_previous_record(cfg.run_dir)) is not None:
         print(f"[dcpo-train] fresh start in a used run_dir: the earlier metrics.jsonl is kept as {old}", flush=True)
     sinks = build_sinks(cfg.run_dir, tensorboard=lc.tensorboard, wandb=lc.wandb, wandb_project=lc.wandb_project,
-                        console=lc.console, total_steps=cfg.steps, start_step=start_step,
+                        console=lc.console, console_every=lc.log_interval, total_steps=cfg.steps,
+                        start_step=start_step,
                         resume_from_step=start_step if resumed else None)
     closers.append(sinks.close)
     return sinks

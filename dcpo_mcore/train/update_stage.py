@@ -34,8 +34,8 @@ class UpdateSettings:
     estimator: str  # "sas" | "grpo"
     estimator_params: object
     mini_batch_prompts: int
-    ppo_epochs: int = 1
-    mismatch_bound: float = 0.05  # mean |trainer - sampler| log-prob per token
+    ppo_epochs: int
+    mismatch_bound: float  # rollout.mismatch_bound: mean |trainer - sampler| log-prob per token
 
 
 def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, ref_engine=None) -> dict[str, float]:
@@ -101,12 +101,22 @@ def _mismatch_metrics(batch: RolloutBatch, trainer_lps: list[torch.Tensor], boun
 
 
 def _update_metrics(steps: list[dict[str, float]]) -> dict[str, float]:
-    """Token-weighted means over the step's optimizer steps (TCR is a token ratio), plus invariants."""
+    """The step's metrics from its optimizer steps' ones, plus invariants.
+
+    TCR and the low/high/dual ratios are the plain mean over every micro-batch of the step (paper
+    Eq. 9, docs/algorithm.md [tcr]); each optimizer step reports the mean over its own non-empty
+    micro-batches and how many there were. ``clip/token_clip_ratio_global`` is the token-weighted
+    fraction over the whole step; entropy and the PPO KL are token means."""
     tokens = [s["perf/response_tokens"] for s in steps]
     total = sum(tokens) or 1.0
+    micro = [s["clip/micro_batches"] for s in steps]
 
     def weighted(key: str) -> float:
-        return sum(s[key] * t for s, t in zip(steps, tokens)) / total
+        return sum(s[key] * t for s, t in zip(steps, tokens) if t) / total
+
+    def per_micro_batch(key: str) -> float:
+        n = sum(micro)
+        return sum(s[key] * m for s, m in zip(steps, micro) if m) / n if n else float("nan")
 
     first = steps[0]
     first_ok = first["loss/log_ratio_abs_max"] <= FIRST_UPDATE_RATIO_TOL and first["clip/token_clip_ratio"] == 0.0
@@ -114,8 +124,9 @@ def _update_metrics(steps: list[dict[str, float]]) -> dict[str, float]:
         log.warning("invariant broken: the first update's |log ratio| is %.3g (TCR %.3g); old and new log-probs "
                     "should be identical before any update", first["loss/log_ratio_abs_max"],
                     first["clip/token_clip_ratio"])
-    out = {k: weighted(k) for k in ("clip/token_clip_ratio", "clip/low_ratio", "clip/high_ratio", "clip/dual_ratio",
-                                    "actor/entropy", "actor/ppo_kl")}
+    out = {k: per_micro_batch(k) for k in ("clip/token_clip_ratio", "clip/low_ratio", "clip/high_ratio",
+                                           "clip/dual_ratio")}
+    out.update({k: weighted(k) for k in ("clip/token_clip_ratio_global", "actor/entropy", "actor/ppo_kl")})
     out.update({
         "loss/policy": sum(s["loss/policy"] for s in steps) / len(steps),
         "loss/total": sum(s["loss/total"] for s in steps) / len(steps),

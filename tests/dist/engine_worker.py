@@ -95,7 +95,7 @@ def run_steps(engine, vocab: int, steps: int, seed: int = 0, n_samples: int = 16
     return [engine.train_step(b, group_size=4) for b in batches]
 
 
-def dcpo_spec() -> LossSpec:
+def dcpo_loss_spec() -> LossSpec:
     return LossSpec("dcpo", DcpoClipParams(), "otm")
 
 
@@ -112,7 +112,7 @@ def train_trajectories(hf_dir: str, vocab: int, configs: list[dict], steps: int 
         settings = EngineSettings(layout=_layout(cfg["layout"]), batching=BatchSettings(**cfg.get("batching", {})),
                                   optim=OptimSettings(lr=1e-3, weight_decay=0.1, clip_grad=1.0))
         print("config", cfg["name"], flush=True)
-        engine = PolicyEngine.from_hf(hf_dir, settings, dcpo_spec())
+        engine = PolicyEngine.from_hf(hf_dir, settings, dcpo_loss_spec())
         metrics = run_steps(engine, vocab, steps)
         results.append({"name": cfg["name"], "metrics": metrics})
         del engine
@@ -125,7 +125,7 @@ def _engine(hf_dir: str, cfg: dict, lr: float = 1e-3):
     settings = EngineSettings(layout=_layout(cfg["layout"]), batching=BatchSettings(**cfg.get("batching", {})),
                               optim=OptimSettings(lr=lr, weight_decay=0.1, clip_grad=1.0,
                                                   lr_schedule="cosine", lr_warmup_steps=1, total_steps=6))
-    return PolicyEngine.from_hf(hf_dir, settings, dcpo_spec())
+    return PolicyEngine.from_hf(hf_dir, settings, dcpo_loss_spec())
 
 
 def _step_summary(m: dict) -> dict:

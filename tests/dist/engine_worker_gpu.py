@@ -12,7 +12,7 @@ import torch
 from dcpo_mcore.engine.batching import BatchSettings
 from dcpo_mcore.engine.layout import ParallelLayout, Precision
 from dcpo_mcore.engine.optimizer import OptimSettings
-from tests.dist.engine_worker import _noisy_old, dcpo_spec, hf_reference_logprobs, make_samples
+from tests.dist.engine_worker import _noisy_old, dcpo_loss_spec, hf_reference_logprobs, make_samples
 
 
 def _engine(hf_dir: str, *, want_te: bool, precision: Precision, packed: bool = False, trainable: bool = False,
@@ -23,7 +23,7 @@ def _engine(hf_dir: str, *, want_te: bool, precision: Precision, packed: bool = 
     batching = BatchSettings(micro_batch_size=4, packed=packed, pad_to_multiple=16)
     settings = EngineSettings(layout=ParallelLayout(**(layout or {})), precision=precision, batching=batching,
                               optim=OptimSettings(lr=1e-4), want_te=want_te, trainable=trainable)
-    return PolicyEngine.from_hf(hf_dir, settings, dcpo_spec() if trainable else None)
+    return PolicyEngine.from_hf(hf_dir, settings, dcpo_loss_spec() if trainable else None)
 
 
 def te_vs_local_bf16(hf_dir: str, vocab: int) -> dict:

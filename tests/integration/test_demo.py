@@ -4,7 +4,7 @@ pretraining -> real SGLang + DCPO -> eval -> report), asserting that RL raises h
 Shortened to 20 RL steps without the baseline (~6 min on 2 cores). The margin is against the same run's
 pre-RL score and well below the measured gain (+12.5 points at step 20 of the default run, seed 1),
 because two runs of the same seed sample differently and 200 questions vary by a few points
-(platform_notes.md §5).
+(docs/platform.md [demo-calibration]).
 """
 from __future__ import annotations
 

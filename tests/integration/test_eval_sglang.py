@@ -15,8 +15,8 @@ from tests.integration.conftest import requires_sglang
 
 pytestmark = pytest.mark.integration
 
-DATA = Path("/work/shared/data")
 REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data" / "eval"  # the shipped DCPO evaluation parquets (data/eval/README.md)
 
 
 def _data(name: str) -> str:

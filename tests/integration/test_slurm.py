@@ -130,7 +130,8 @@ def test_colocated_launcher_with_contract_trainer_requeues_and_resumes(slurm, tm
     train, _ = make_arithmetic_task(tmp_path / "data", seed=0, n_train=32, n_eval=4)
     env = _launch_env(tmp_path, DCPO_TRAIN_MODULE="tests.integration.test_slurm", DCPO_CONTRACT_STEP_S="3")
     args = ["configs/tiny_test.yaml", f"run_dir={tmp_path / 'run'}", f"model.hf_path={tiny_qwen2}",
-            "model.vocab_size=null", "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
+            "model.vocab_size=null", "model.max_position_embeddings=null",  # the checkpoint's own
+            "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
             "steps=8", "checkpoint.save_interval=2"]
     job, run_dir = _submit_and_preempt(tmp_path, env, args, signal_args=["-s", "USR1"], after_lines=2,
                                        timeout_s=1400)
@@ -154,7 +155,8 @@ def test_colocated_dcpo_train_tp2_metrics_checkpoint_and_usr1_resume(slurm, tmp_
     train, _ = make_arithmetic_task(tmp_path / "data", seed=0, n_train=64, n_eval=8)
     steps = 6
     args = ["configs/tiny_test.yaml", f"run_dir={tmp_path / 'run'}", f"model.hf_path={tiny_qwen2}",
-            "model.vocab_size=null", "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
+            "model.vocab_size=null", "model.max_position_embeddings=null",  # the checkpoint's own
+            "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
             f"steps={steps}", "checkpoint.save_interval=1", "checkpoint.keep_last=2"]
     job, run_dir = _submit_and_preempt(tmp_path, _launch_env(tmp_path), args, signal_args=["--batch", "-s", "USR1"],
                                        after_lines=2, timeout_s=2300)

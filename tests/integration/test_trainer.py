@@ -128,8 +128,12 @@ def reference(setup):
 
 
 def test_training_run_writes_metrics_checkpoints_and_learns_signal(reference):
+    from dcpo_mcore.metrics.keys import describe
+
     rows = _metrics(reference)
     assert sorted(rows) == list(range(1, STEPS + 1))
+    undocumented = sorted({k for r in rows.values() for k in r if k != "step" and describe(k) is None})
+    assert undocumented == [], "add these to dcpo_mcore/metrics/keys.py"
     for r in rows.values():
         # the rollout carries signal: some groups are mixed, so advantages are non-zero and the loss moves
         assert 0.0 < r["adv/nonzero_ratio"] <= 1.0, r

@@ -28,7 +28,7 @@ def test_hand_values():
 
 
 def test_otm_sums_responses_instead_of_averaging():
-    # With G = 2 samples of one prompt, OTM = G x seq-mean-token-mean (spec §5.2 note).
+    # With G = 2 samples of one prompt, OTM = G x seq-mean-token-mean (docs/algorithm.md [otm-canonical]).
     assert only_token_mean(VALUES, MASK, 1).item() == 2 * seq_mean_token_mean(VALUES, MASK, 2).item()
 
 

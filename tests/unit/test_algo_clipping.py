@@ -1,4 +1,5 @@
-"""Dynamic clip bounds and token objectives: hand-computed values (spec §4.1 table) and references."""
+"""Dynamic clip bounds and token objectives: hand-computed values (docs/algorithm.md [dac-bounds] table) and
+references."""
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from dcpo_mcore.algo import (
     token_objective,
 )
 
-# (q, lower, upper) for eps = (0.16, 0.2) and (0.2, 0.28), from dcpo_spec.md §4.1 (3 decimals there).
+# (q, lower, upper) for eps = (0.16, 0.2) and (0.2, 0.28), from docs/algorithm.md [dac-bounds] (3 decimals there).
 TABLE_016_020 = [(1.0, 0.800, 1.171), (0.9, 0.769, 1.187), (0.5, 0.5, 1.306), (0.1, 0.5, 2.000),
                  (0.01, 0.5, 5.000), (0.002, 0.5, 10.0), (1e-4, 0.5, 10.0)]
 TABLE_020_028 = [(1.0, 0.724, 1.228), (0.9, 0.667, 1.249), (0.5, 0.5, 1.400), (0.1, 0.5, 2.246),
@@ -38,14 +39,15 @@ def test_bounds_exact_closed_forms():
     # q = 0.1: h = 0.5 + 0.5*sqrt(1 + 8) = 2 exactly; q = 0.01: h = 0.5 + 0.5*9 = 5.
     _, hi = dynamic_clip_bounds(torch.tensor([0.1, 0.01], dtype=torch.float64).log())
     assert hi.tolist() == pytest.approx([2.0, 5.0], abs=1e-12)
-    # The cap starts at q <= eps_high/90 (spec §4.1): just above it h < 10, at it h == 10.
+    # The cap starts at q <= eps_high/90 (docs/algorithm.md [dac-bounds]): just above it h < 10, at it h == 10.
     edge = 0.2 / 90
     _, hi = dynamic_clip_bounds(torch.tensor([edge * 1.01, edge], dtype=torch.float64).log())
     assert hi[0] < 10.0 and hi[1] == pytest.approx(10.0, abs=1e-9)
 
 
 def test_bounds_underflowed_probability_keeps_lower_half():
-    # B12: q == 0 (logprob -inf or a huge negative) must give l = 0.5, not 1, and a finite capped upper bound.
+    # docs/algorithm.md [choice-q-floor]: q == 0 (logprob -inf or a huge negative) must give l = 0.5, not 1,
+    # and a finite capped upper bound.
     lo, hi = dynamic_clip_bounds(torch.tensor([-float("inf"), -1e4]))
     assert lo.tolist() == [0.5, 0.5] and hi.tolist() == [10.0, 10.0]
     lo, hi = dynamic_clip_bounds(torch.tensor([-200.0], dtype=torch.float16))
@@ -93,7 +95,8 @@ def test_dcpo_token_loss_low_probability_token_gets_wide_bound():
 
 
 def test_log_ratio_clamp_keeps_zero_advantage_finite():
-    # B11: logp - oldlogp = 1000 would overflow exp; with A = 0 the loss must be exactly 0, not NaN.
+    # docs/algorithm.md [choice-logratio-clamp]: logp - oldlogp = 1000 would overflow exp; with A = 0 the loss
+    # must be exactly 0, not NaN.
     logp = torch.tensor([1000.0, -1000.0], requires_grad=True)
     loss = dcpo_token_loss(logp, torch.zeros(2), torch.zeros(2))
     loss.sum().backward()
@@ -101,7 +104,10 @@ def test_log_ratio_clamp_keeps_zero_advantage_finite():
 
 
 def _closed_form_reference(logp, oldlogp, adv, eps_low=0.16, eps_high=0.2, cap=10.0):
-    """Element-by-element loop of the spec's closed form: A>=0: A*min(r,h); A<0: A*min(max(r,l),c)."""
+    """Element-by-element loop of the closed form in docs/algorithm.md [dac-objective].
+
+    A>=0: A*min(r,h); A<0: A*min(max(r,l),c).
+    """
     out = []
     for lp, olp, a in zip(logp, oldlogp, adv):
         q = max(math.exp(olp.item()), 1e-30)
@@ -166,7 +172,8 @@ def test_objective_params_type_is_checked():
 
 
 def test_gspo_ratio_is_per_sequence_not_per_batch():
-    # B6: two sequences with different mean log-ratios must get different sequence ratios.
+    # docs/algorithm.md [choice-gspo-per-sequence]: two sequences with different mean log-ratios must get
+    # different sequence ratios.
     old = torch.zeros(2, 3, dtype=torch.float64)
     logp = torch.tensor([[0.1, 0.1, 9.0], [-0.2, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -187,6 +194,20 @@ def test_gspo_clip_is_on_sequence_ratio():
     out = token_objective("gspo", logp, old, torch.tensor([1.0]), torch.ones(1, 2), GspoParams())
     assert out.loss[0].tolist() == pytest.approx([-(1 + 4e-4)] * 2)
     assert out.is_clipped_high.all()
+
+
+def test_gspo_sequence_outside_the_log_ratio_clamp_gets_no_gradient():
+    # docs/algorithm.md [gspo]: as in the authors' loss, the clamp (<= 10) blocks the gradient. Sequence 1
+    # has mean log-ratio 12 and A < 0: unclipped by the surrogate (min picks r * A), so only the clamp
+    # stops a push of weight e^10; sequence 2 (mean log-ratio 1, A < 0) keeps its gradient A * e^1.
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    logp = torch.tensor([[12.0, 12.0], [1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    out = token_objective("gspo", logp, old, adv, torch.ones(2, 2), GspoParams())
+    assert out.loss[0].tolist() == pytest.approx([math.exp(10.0)] * 2)  # the value is clamped too
+    out.loss.sum().backward()
+    assert logp.grad[0].tolist() == [0.0, 0.0]
+    assert logp.grad[1].tolist() == pytest.approx([math.e, math.e])
 
 
 def test_low_var_kl_hand_value():

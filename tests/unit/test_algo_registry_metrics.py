@@ -39,7 +39,7 @@ def test_every_algorithm_names_registered_parts():
         spec = ALGORITHMS.get(name)
         assert spec.estimator in ESTIMATORS and spec.objective in OBJECTIVES and spec.aggregation in AGGREGATIONS
     assert ALGORITHMS.get("dcpo").aggregation == "otm" and ALGORITHMS.get("dcpo").estimator == "sas"
-    assert ALGORITHMS.get("dapo").dynamic_sampling and not ALGORITHMS.get("dcpo").dynamic_sampling
+    assert ALGORITHMS.get("dapo").aggregation == "token_mean" and ALGORITHMS.get("gspo").objective == "gspo"
 
 
 def test_compute_advantages_dispatch():

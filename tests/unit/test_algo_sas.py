@@ -1,4 +1,5 @@
-"""Smooth Advantage Standardisation: worked examples across visits (spec §3.2) and a loop reference."""
+"""Smooth Advantage Standardisation: worked examples across visits (docs/algorithm.md [sas-first-visit]) and a
+loop reference."""
 import math
 import random
 
@@ -64,7 +65,7 @@ def test_always_identical_prompt_stays_zero():
 
 
 def test_opposite_signs_pick_smaller_magnitude():
-    # Spec §3.2: A_new = 1, A_tot = -3, i = 3 -> SA_new = -1/3, SA_tot = -5/3, A_hat = -1/3.
+    # docs/algorithm.md [sas-first-visit]: A_new = 1, A_tot = -3, i = 3 -> SA_new = -1/3, SA_tot = -5/3, A_hat = -1/3.
     adv = smooth_group_advantages(T(1.0), 0.0, 1.0, PromptStats(3, 4.0, 1.0))
     assert adv.item() == pytest.approx(-1 / 3)
 
@@ -99,7 +100,7 @@ def test_duplicate_key_in_one_batch_merges_sequentially():
 
 
 def _reference_sas(history, std_mode="unbiased"):
-    """Plain-Python SAS over a list of groups for one prompt, straight from the spec's formulas."""
+    """Plain-Python SAS over a list of groups for one prompt, straight from docs/algorithm.md [sas-update]."""
     n, mu, sigma, outs = 0, 0.0, 0.0, []
     for rewards in history:
         g = len(rewards)

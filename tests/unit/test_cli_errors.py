@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,6 +22,35 @@ def test_bad_config_is_one_line_per_problem_and_exit_2(tmp_path):
     assert "algo.eps_low" in proc.stderr and "rollout.n_samples_per_prompt" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_check_lists_every_problem_one_line_each_and_starts_nothing(tmp_path):
+    proc = _train("--check", "--config", "configs/demo_cpu.yaml", "algo.dual_clip_c=3.0",
+                  "rollout.n_samples_per_prompt=1", f"data.eval_files=[{tmp_path}/missing.parquet]",
+                  f"run_dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("algo.dual_clip_c: not a setting of algo.name=dcpo")
+    # A field-valid config with cross-field and path problems: all of them, one line each.
+    proc = _train("--check", "--config", "configs/demo_cpu.yaml", "rollout.n_samples_per_prompt=1",
+                  "algo.eps_low=0.3", f"run_dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 2
+    assert [line.split(":")[0] for line in proc.stderr.splitlines()] == ["rollout.n_samples_per_prompt",
+                                                                        "algo.eps_low"]
+    proc = _train("--check", "--config", "configs/demo_cpu.yaml", f"data.eval_files=[{tmp_path}/missing.parquet]",
+                  "data.train_files=[nope.jsonl]", f"run_dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 2
+    assert [line.split(":")[0] for line in proc.stderr.splitlines()] == ["data.train_files[0]", "data.eval_files[0]"]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_check_of_a_good_config_exits_0(tmp_path):
+    proc = _train("--check", "--config", "configs/tiny_test.yaml", "data.train_files=[configs/tiny_test.yaml]",
+                  f"run_dir={tmp_path}/run", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout and not (tmp_path / "run").exists()
+    resolved = yaml.safe_load(proc.stdout)  # the resolved config, every default written out
+    assert resolved["algo"]["eps_low"] == 0.16 and resolved["run_dir"] == f"{tmp_path}/run"
 
 
 def test_missing_config_file(tmp_path):

@@ -85,8 +85,15 @@ def test_architecture_read_from_hf_config(tmp_path):
     assert (m.num_layers, m.hidden_size, m.ffn_hidden_size) == (4, 96, 256)
     assert (m.num_attention_heads, m.num_query_groups) == (6, 2)
     assert (m.vocab_size, m.max_position_embeddings) == (151936, 4096)
-    # explicit values win; the file only fills gaps
-    assert load_config(path, ["model.num_layers=2"]).model.num_layers == 2
+    # config.json defines the architecture: a YAML value may repeat it, and one that disagrees is refused
+    assert load_config(path, ["model.num_layers=4", "model.vocab_size=151936"]).model.num_layers == 4
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["model.num_layers=2", "model.hidden_size=64"])
+    assert info.value.problems == [
+        f"model.num_layers: 2 disagrees with num_hidden_layers=4 in {path.parent / 'hf'}/config.json, which "
+        "defines the architecture; remove model.num_layers",
+        f"model.hidden_size: 64 disagrees with hidden_size=96 in {path.parent / 'hf'}/config.json, which "
+        "defines the architecture; remove model.hidden_size"]
     # the architecture read from the file is validated against the layout
     with pytest.raises(ConfigError, match="model.num_attention_heads=6 and model.num_query_groups=2; use 1, 2"):
         load_config(path, ["parallel.tensor_model_parallel_size=4"])
@@ -105,18 +112,23 @@ def test_missing_or_bad_hf_config(tmp_path):
     assert str(info.value).startswith(f"model.hf_path='{empty}': no config.json")
     assert len(info.value.problems) == 1
     hf = _hf_dir(tmp_path)
-    (hf / "config.json").write_text(json.dumps({"num_hidden_layers": "four"}))
-    with pytest.raises(ConfigError, match="num_hidden_layers='four'.*model.num_layers"):
+    good = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**good, "num_hidden_layers": "four"}))
+    with pytest.raises(ConfigError, match="model.hf_path=.*num_hidden_layers='four', expected a positive integer"):
         load_config(_tiny_without_arch(tmp_path, hf))
-    (hf / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))  # too little to build a model
-    with pytest.raises(ConfigError, match=r"architecture not set \(model.hidden_size"):
+    (hf / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2}))
+    with pytest.raises(ConfigError, match=r"model.hf_path=.*HF config is missing 'hidden_size'"):
+        load_config(_tiny_without_arch(tmp_path, hf))
+    (hf / "config.json").write_text(json.dumps({**good, "architectures": ["MistralForCausalLM"]}))
+    with pytest.raises(ConfigError, match=r"model.hf_path=.*unsupported architecture MistralForCausalLM"):
         load_config(_tiny_without_arch(tmp_path, hf))
 
 
 # ---------------------------------------------------------------- resolved config
 @pytest.mark.parametrize("name", ["dcpo", "grpo", "dapo", "gspo"])
 def test_save_resolved_config_round_trips(tmp_path, name):
-    cfg = load_config(TINY, [f"algo.name={name}", "rollout.max_new_tokens=16", "algo.overlong_buffer_len=4",
+    extra = ["algo.overlong_buffer_len=4"] if name == "dapo" else []
+    cfg = load_config(TINY, [f"algo.name={name}", "rollout.max_new_tokens=16", *extra,
                              "rollout.sglang_extra_args=[--x, 1]", "optim.lr=3e-7"])
     path = save_resolved_config(cfg, tmp_path / "run")
     assert path == tmp_path / "run" / "config.yaml"

@@ -1,10 +1,14 @@
 """The config tree itself: descriptions, strictness, defaults, per-algorithm defaults, shipped configs."""
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
-from dcpo_mcore.config import ALGO_DEFAULTS, AlgoConfig, ConfigError, TrainConfig, load_config, validate_config
+from dcpo_mcore.algo import ALGORITHMS
+from dcpo_mcore.config import (METHOD_SETTINGS, ConfigError, TrainConfig, algo_config, load_config,
+                               validate_config)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_test.yaml"
@@ -16,6 +20,9 @@ def _walk(model: type[BaseModel], prefix: str = ""):
         yield prefix + name, field, model
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             yield from _walk(field.annotation, prefix + name + ".")
+        for member in typing.get_args(field.annotation):  # a tagged section: every member's fields
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                yield from _walk(member, prefix + name + ".")
 
 
 def test_every_field_has_a_description():
@@ -27,18 +34,18 @@ def test_every_field_has_a_description():
 
 def test_every_section_forbids_unknown_keys():
     sections = {TrainConfig} | {owner for _, _, owner in _walk(TrainConfig)}
-    assert len(sections) == 11
+    assert len(sections) == 15  # 11 sections, the root and one settings class per method (4)
     assert all(s.model_config.get("extra") == "forbid" for s in sections)
 
 
 def test_sections_and_their_fields():
     assert list(TrainConfig.model_fields) == [
         "run_dir", "seed", "steps", "eval_interval", "model", "parallel", "rollout", "reward", "algo",
-        "optim", "data", "checkpoint", "logging", "sync"]
+        "optim", "data", "checkpoint", "logging", "sync", "launch"]
     paths = {p for p, _, _ in _walk(TrainConfig)}
     for p in ["model.hf_path", "model.init_checkpoint", "model.fp8_recipe", "parallel.recompute",
-              "rollout.sglang_extra_args", "reward.scheme", "algo.sas_std", "algo.gspo_eps_high",
-              "optim.clip_grad", "data.prompt_key", "checkpoint.async_save", "logging.wandb_project"]:
+              "rollout.sglang_extra_args", "reward.scheme", "algo.sas_std", "algo.dynamic_sampling",
+              "optim.clip_grad", "data.prompt_key", "checkpoint.keep_last", "logging.log_interval"]:
         assert p in paths
 
 
@@ -50,46 +57,79 @@ def test_paper_defaults():
     assert (r["prompts_per_step"].default, r["n_samples_per_prompt"].default) == (512, 16)
     assert (r["max_prompt_tokens"].default, r["max_new_tokens"].default, r["top_k"].default) == (1024, 3072, -1)
     assert (o["lr"].default, o["weight_decay"].default, o["clip_grad"].default) == (1e-6, 0.1, 1.0)
-    assert AlgoConfig.model_fields["mini_batch_prompts"].default == 32
+    assert all(m.model_fields["mini_batch_prompts"].default == 32 for m in METHOD_SETTINGS.values())
     assert cfg.reward.scheme == "ternary" and cfg.algo.kl_type == "low_var_kl"
     assert cfg.model.attention_dropout == cfg.model.hidden_dropout == 0.0
 
 
 EXPECTED_ALGO = {
-    "dcpo": dict(eps_low=0.16, eps_high=0.2, ratio_cap=10.0, dual_clip_c=10.0, aggregation="otm",
-                 kl_coef=0.0, dynamic_sampling=False, overlong_buffer_len=0),
-    "grpo": dict(eps_low=0.2, eps_high=0.2, dual_clip_c=None, aggregation="seq_mean_token_mean",
-                 kl_coef=0.001, dynamic_sampling=False, overlong_buffer_len=0),
+    "dcpo": dict(eps_low=0.16, eps_high=0.2, ratio_cap=10.0, sas_std="unbiased", aggregation="otm", kl_coef=0.0),
+    "grpo": dict(eps_low=0.2, eps_high=0.2, dual_clip_c=None, aggregation="seq_mean_token_mean", kl_coef=0.001),
     "dapo": dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0, aggregation="token_mean", kl_coef=0.0,
-                 dynamic_sampling=True, overlong_buffer_len=512, overlong_penalty=1.0),
-    "gspo": dict(eps_low=3e-4, eps_high=4e-4, dual_clip_c=None, aggregation="seq_mean_token_mean",
-                 kl_coef=0.0, dynamic_sampling=False),
+                 dynamic_sampling=True, max_gen_batches=10, overlong_buffer_len=512, overlong_penalty=1.0),
+    "gspo": dict(eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean_token_mean", kl_coef=0.0),
 }
+COMMON = {"name", "kl_coef", "kl_type", "ppo_epochs", "mini_batch_prompts", "entropy_coef"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ALGO))
-def test_algorithm_defaults(name):
-    assert set(ALGO_DEFAULTS) == set(EXPECTED_ALGO)
-    algo = AlgoConfig(name=name)
+def test_algorithm_defaults_and_nothing_else(name):
+    assert set(METHOD_SETTINGS) == set(EXPECTED_ALGO) == set(ALGORITHMS.names())
+    algo = algo_config(name=name)
     for key, value in EXPECTED_ALGO[name].items():
         assert getattr(algo, key) == value, key
+    # Each method has exactly its own settings: anything else would be accepted and ignored.
+    assert set(type(algo).model_fields) == COMMON | set(EXPECTED_ALGO[name])
+    assert algo.aggregation == ALGORITHMS.get(name).aggregation  # the composition table is the one source
+
+
+def test_algo_section_without_name_is_dcpo():
+    data = yaml.safe_load(TINY.read_text())
+    data["algo"] = {"eps_high": 0.3, "mini_batch_prompts": 2}
+    assert validate_config(data).algo == algo_config(name="dcpo", eps_high=0.3, mini_batch_prompts=2)
+    assert TrainConfig.model_fields["algo"].default_factory() == algo_config()
 
 
 def test_algorithm_name_switch_by_override_uses_new_defaults():
     cfg = load_config(TINY, ["algo.name=dapo", "rollout.max_new_tokens=16", "algo.overlong_buffer_len=4"])
     assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dynamic_sampling) == (0.2, 0.28, True)
     assert cfg.algo.overlong_buffer_len == 4
+    assert cfg.algo.rollout_shaping() == dict(dynamic_sampling=True, max_gen_batches=10, overlong_buffer_len=4,
+                                              overlong_penalty=1.0)
+    assert load_config(TINY, ["algo.name=grpo"]).algo.rollout_shaping() == {}
 
 
 def test_user_value_beats_algorithm_default():
-    assert AlgoConfig(name="dapo", eps_high=0.3).eps_high == 0.3
-    assert AlgoConfig(name="dapo", dual_clip_c=None).dual_clip_c is None  # explicit null = off
-    assert AlgoConfig(name="grpo", kl_coef=0.0).kl_coef == 0.0
-    assert AlgoConfig(name="grpo", aggregation="otm").aggregation == "otm"
-    assert AlgoConfig(name="dcpo", ratio_cap=5.0).dual_clip_c == 5.0  # one r_max for both signs
-    assert AlgoConfig(name="dcpo", ratio_cap=5.0, dual_clip_c=3.0).dual_clip_c == 3.0
-    gspo = AlgoConfig(name="gspo", gspo_eps_low=1e-3, gspo_eps_high=2e-3)
+    assert algo_config(name="dapo", eps_high=0.3).eps_high == 0.3
+    assert algo_config(name="dapo", dual_clip_c=None).dual_clip_c is None  # explicit null = off
+    assert algo_config(name="grpo", kl_coef=0.0).kl_coef == 0.0
+    assert algo_config(name="grpo", aggregation="otm").aggregation == "otm"
+    gspo = algo_config(name="gspo", eps_low=1e-3, eps_high=2e-3)
     assert (gspo.eps_low, gspo.eps_high) == (1e-3, 2e-3)
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    (["algo.name=dcpo", "algo.dual_clip_c=3.0"], ["algo.dual_clip_c: not a setting of algo.name=dcpo", "ratio_cap"]),
+    (["algo.name=grpo", "algo.ratio_cap=3.0"], ["algo.ratio_cap: not a setting of algo.name=grpo (only of dcpo)"]),
+    (["algo.name=grpo", "algo.sas_std=population"], ["algo.sas_std: not a setting of algo.name=grpo"]),
+    (["algo.name=gspo", "algo.dual_clip_c=3"], ["algo.dual_clip_c: not a setting of algo.name=gspo (only of grpo, dapo)"]),
+    (["algo.name=dcpo", "algo.overlong_penalty=1"], ["algo.overlong_penalty: not a setting of algo.name=dcpo (only of dapo)"]),
+])
+def test_a_setting_the_method_does_not_use_is_refused(overrides, needles):
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, overrides)
+    assert len(info.value.problems) == 1
+    for needle in needles:
+        assert needle in info.value.problems[0]
+
+
+def test_legacy_gspo_eps_keys_are_refused_with_the_replacement(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(TINY.read_text() + "\n")
+    data = yaml.safe_load(path.read_text())
+    data["algo"] = {"name": "gspo", "gspo_eps_low": 1e-3}
+    with pytest.raises(ConfigError, match=r"algo.gspo_eps_low: not a setting of algo.name=gspo: .*algo.eps_low"):
+        validate_config(data)
 
 
 def test_explicit_null_for_a_required_algorithm_value_is_an_error():

@@ -11,7 +11,7 @@ import pytest
 from dcpo_mcore.data import BAD_ROW_REASONS, DataError, load_prompt_dataset, render_prompt
 from dcpo_mcore.hf.tiny import make_bpe_tokenizer
 
-SHIPPED = Path("/work/shared/data")
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "eval"
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -285,7 +285,7 @@ def test_too_long_prompts_are_filtered_and_counted(tmp_path, tok):
         load(path, tok, chat_template="none", max_prompt_tokens=1, dedup_replicas=False)
 
 
-# ---------------------------------------------------------------- the shipped evaluation sets (spec §10)
+# ---------------------------------------------------------------- the shipped evaluation sets (data/eval/)
 
 @pytest.mark.parametrize("name,unique,rows,copies", [
     ("aime_2024", 30, 960, 32), ("aime_2025", 30, 960, 32), ("amc2023", 40, 1280, 32), ("math500", 500, 500, 1)])
@@ -307,3 +307,18 @@ def test_shipped_files_together_have_unique_keys_in_both_modes(tok):
     for mode in ("source_index", "prompt_hash"):
         ds = load(files, tok, prompt_key=mode)
         assert len(ds) == 600 and len(set(ds.keys)) == 600, mode
+
+
+def test_shipped_files_are_the_released_ones():
+    """data/eval/README.md names the source and licence of exactly these bytes."""
+    import hashlib
+
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(SHIPPED.glob("*.parquet"))}
+    assert digests == {
+        "aime_2024.parquet": "d4b246921be2bc22d9498d99095fa81dc72299ef8db227f8d5aefed85891b920",
+        "aime_2025.parquet": "8cefa25aa97a1b1bcfc4b1e3b7166ed36a32e05cffdbe0fd36a6804447564fb6",
+        "amc2023.parquet": "fc0f891ee0a2094a2844a604294347896cfb9081ab49891c856a1a41fbbefdc4",
+        "math500.parquet": "0d8ceff9405e4c2b27dfe9f0a100739b9b5bb8f21c749ac82ff09f1a47063a1c",
+    }
+    notice = (SHIPPED / "README.md").read_text()
+    assert "Apache License 2.0" in notice and all(name in notice for name in digests)

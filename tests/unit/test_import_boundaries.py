@@ -1,4 +1,5 @@
-"""Keeps the parallelism in its own room (design.md §7) and the algorithm core pure (issue: algo/)."""
+"""Keeps the parallelism in its own room (docs/architecture.md [conv-rooms]) and the algorithm core pure
+([conv-pure-algo])."""
 import ast
 from pathlib import Path
 

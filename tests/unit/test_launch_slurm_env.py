@@ -62,7 +62,7 @@ def test_the_validated_config_reaches_the_trainer_including_hostile_strings():
     assert not Path("/tmp/pwned").exists()
 
 
-def test_colocated_cpu_without_launch_file():
+def test_colocated_cpu_without_launch_section():
     jp = resolve(TINY, ["parallel.tensor_model_parallel_size=2"], mode="colocated",
                  env={"SLURM_JOB_ID": "5"}, hostnames=["vm"], python="py")
     assert jp.master_addr == "127.0.0.1" and jp.server_urls == [f"http://127.0.0.1:{port_block(5) + 4}"]

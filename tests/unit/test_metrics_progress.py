@@ -67,3 +67,24 @@ def test_non_finite_step_time_is_ignored_and_values_still_shown():
     # step 1 falls back to the (frozen) wall clock: 0 s elapsed -> 0.0 s/step
     assert buf.getvalue().splitlines() == ["step 1/10 (10.0%) | 0.0 s/step | ETA 0s | reward nan",
                                            "step 2/10 (20.0%) | 5.0 s/step | ETA 40s"]
+
+
+def test_log_interval_prints_first_every_nth_and_last_but_times_every_step():
+    buf = io.StringIO()
+    prog = ConsoleProgress(7, stream=buf, start_step=1, clock=lambda: 0.0, every=3)
+    for step in range(2, 8):
+        prog.log(step, {"timing/step_seconds": float(step)})
+    lines = buf.getvalue().splitlines()
+    assert [line.split(" |")[0] for line in lines] == ["step 2/7 (28.6%)", "step 3/7 (42.9%)",
+                                                       "step 6/7 (85.7%)", "step 7/7 (100.0%)"]
+    assert "4.5 s/step" in lines[-1]  # mean of 2..7: steps that were not printed still count
+
+
+def test_log_interval_comes_from_the_config(tmp_path):
+    from dcpo_mcore.metrics import build_sinks
+
+    sinks = build_sinks(tmp_path, tensorboard=False, wandb=False, wandb_project="x", console=True,
+                        total_steps=10, console_every=10)
+    assert [type(s).__name__ for s in sinks.sinks] == ["JsonlSink", "ConsoleProgress"]
+    assert sinks.sinks[1].every == 10
+    sinks.close()

@@ -18,7 +18,7 @@ from dcpo_mcore.config import load_config
 from dcpo_mcore.engine.hf_arch import ArchSpec
 from dcpo_mcore.launch.plan import (GIB, arch_from_config, make_plan, stage_params, total_params,
                                     trainer_memory)
-from dcpo_mcore.launch.settings import LaunchSettings, find_launch_file, load_launch_settings
+from dcpo_mcore.launch.settings import LaunchSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ["qwen2.5-math-7b_dcpo", "qwen2.5-14b_dcpo", "qwen2.5-32b_dcpo", "qwen2.5-72b_dcpo"]
@@ -121,9 +121,8 @@ def test_recipes_match_published_sizes_and_fit(recipe):
     assert (r.max_prompt_tokens, r.max_new_tokens, cfg.optim.lr) == (1024, 3072, 1e-6)
     arch = arch_from_config(cfg)
     assert abs(total_params(arch) / 1e9 - PUBLISHED_B[recipe]) / PUBLISHED_B[recipe] < 0.01
-    launch_file = find_launch_file(path)
-    assert launch_file is not None, f"configs/slurm/{recipe}.yaml is missing"
-    launch = load_launch_settings(launch_file)
+    launch = cfg.launch
+    assert launch is not None, f"configs/{recipe}.yaml has no launch section"
     plan = make_plan(cfg, launch)
     assert plan.problems == [], plan.problems
     assert plan.world == launch.train_nodes * launch.gpus_per_node
@@ -172,15 +171,12 @@ def test_cli_ok_and_impossible_layouts_exit_2_with_one_line(tmp_path):
         assert res.returncode == 2, (overrides, res.stdout, res.stderr)
         err = res.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("plan: error:") and needle in err[0], err
-    # a world the layout does not divide (launch settings), also one line
-    launch = tmp_path / "l.yaml"
-    launch.write_text("train_nodes: 1\ngpus_per_node: 3\n")
-    res = _run_plan("configs/tiny_test.yaml", "parallel.tensor_model_parallel_size=2", "--launch", str(launch))
+    # a world the layout does not divide (the config's launch section), also one line
+    res = _run_plan("configs/tiny_test.yaml", "parallel.tensor_model_parallel_size=2", "launch.train_nodes=1",
+                    "launch.gpus_per_node=3")
     assert res.returncode == 2 and "not divisible by TP*PP" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train_nodez: 1\n")
-    res = _run_plan("configs/tiny_test.yaml", "--launch", str(bad))
-    assert res.returncode == 2 and "train_nodez" in res.stderr
+    res = _run_plan("configs/tiny_test.yaml", "launch.train_nodez=1")
+    assert res.returncode == 2 and "launch.train_nodez" in res.stderr and "did you mean launch.train_nodes" in res.stderr
 
 
 def test_recipe_cli_prints_kv_budget():

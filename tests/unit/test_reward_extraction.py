@@ -1,4 +1,4 @@
-"""Extraction of the last literal ``\\boxed{...}`` (dcpo_spec.md §2)."""
+"""Extraction of the last literal ``\\boxed{...}`` (docs/algorithm.md [reward-extraction])."""
 import time
 
 import pytest

@@ -1,4 +1,4 @@
-"""Ground truths from the shipped evaluation sets (/work/shared/data, dcpo_spec.md §10).
+"""Ground truths from the shipped evaluation sets (data/eval/, docs/algorithm.md [data-layout]).
 
 The CPU venv has neither pyarrow nor pandas, so these strings were read out of
 ``math500.parquet`` / ``amc2023.parquet`` once and are hard-coded here. If pyarrow is installed,
@@ -10,7 +10,7 @@ import pytest
 
 from dcpo_mcore.reward import MathVerifier
 
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
 
 # (ground truth as stored, an equivalent answer a model might box, a wrong answer)
 MATH500_CASES = [

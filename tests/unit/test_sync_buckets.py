@@ -1,4 +1,5 @@
-"""The flattened-bucket layout SGLang expects (platform_notes.md §2) and the checks before sending."""
+"""The flattened-bucket layout SGLang expects (docs/platform.md [sglang-flattened-bucket]) and the checks
+before sending."""
 import pytest
 import torch
 

@@ -19,11 +19,11 @@ setup(
     extras_require={"gpu": _requirements("gpu.txt")},
     entry_points={
         "console_scripts": [
-            "dcpo-train=dcpo_mcore.cli:train_main",
-            "dcpo-convert=dcpo_mcore.convert.cli:main",
-            "dcpo-report=dcpo_mcore.metrics.report:main",
-            "dcpo-eval=dcpo_mcore.eval_cli:main",
-            "dcpo-demo=dcpo_mcore.cli:demo_main",
+            "dcpo-train=dcpo_mcore.cli.train:train_main",
+            "dcpo-convert=dcpo_mcore.cli.convert:main",
+            "dcpo-report=dcpo_mcore.cli.report:main",
+            "dcpo-eval=dcpo_mcore.cli.eval:main",
+            "dcpo-demo=dcpo_mcore.cli.demo:demo_main",
         ]
     },
 )

@@ -8,7 +8,7 @@ keeps its full traceback. Each room's own error classes derive from it, beside t
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "UserValueError", "is_user_error"]
+__all__ = ["UserError", "UserValueError", "is_user_error", "one_line"]
 
 
 class UserError(Exception):
@@ -25,3 +25,25 @@ _PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirec
 
 def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (UserError, *_PATH_ERRORS))
+
+
+def one_line(what: BaseException | str, limit: int | None = 300, *, typed: bool = False) -> str:
+    """``what`` (an exception or a text) as one line for an error message: its first informative line
+    (the first with a letter or digit, else the first non-blank one; library and server messages are
+    often multi-line, with the summary first), whitespace collapsed, cut to ``limit`` characters with
+    ``...`` (``None``: never cut; for our own messages, which end with what to do).
+
+    An exception without a message gives its type's name; ``typed=True`` gives ``"Type: line"`` (just
+    ``"Type"`` when there is no message). A text without any gives ``""``.
+    """
+    lines = [" ".join(line.split()) for line in str(what).splitlines()]
+    lines = [line for line in lines if line]
+    text = next((line for line in lines if any(c.isalnum() for c in line)), lines[0] if lines else "")
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 3, 0)] + "..."
+    if not isinstance(what, BaseException):
+        return text
+    name = type(what).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if typed else text

@@ -139,7 +139,7 @@ def _wall_seconds(run_dir: Path) -> float | None:
 
 def summarise(algo: str, run_dir: Path) -> dict:
     from dcpo_mcore.data import ARITH_DATA_SOURCE
-    from dcpo_mcore.evaluation import dataset_name
+    from dcpo_mcore.eval import dataset_name
     from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
     rows = read_metrics(run_dir)

@@ -1,6 +1,6 @@
 """Checkpoint conversion without installing the console script: ``python tools/convert.py hf-to-mcore ...``.
 
-Same as ``dcpo-convert`` (see ``dcpo_mcore/convert/cli.py``). The ``__main__`` guard matters:
+Same as ``dcpo-convert`` (see ``dcpo_mcore/cli/convert.py``). The ``__main__`` guard matters:
 dist_checkpointing's save starts a process that re-imports ``__main__``.
 """
 import sys
@@ -8,6 +8,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from dcpo_mcore.convert.cli import main
+    from dcpo_mcore.cli.convert import main
 
     sys.exit(main())

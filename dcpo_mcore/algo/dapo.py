@@ -9,9 +9,13 @@ from .grouping import prompt_groups
 
 
 def dynamic_sampling_keep(values: torch.Tensor, prompt_keys: Sequence[str], group_size: int | None = None) -> torch.Tensor:
-    """Rows [N] to keep: groups whose ``values`` (DAPO filters on correctness) are not all equal.
+    """Rows [N] to keep: groups whose ``values`` are not all equal.
 
-    An all-equal group has zero variance, so group standardisation gives it zero advantage everywhere.
+    The trainer passes the rewards the advantages are computed from (after overlong shaping): an
+    all-equal group has zero variance, so group standardisation gives it zero advantage everywhere.
+    The DAPO paper states the filter on accuracy; without overlong shaping the two are the same, and
+    with it an all-correct group whose lengths differ still carries signal, so it is kept
+    (docs/algorithm.md [dapo-dynamic-sampling]).
     """
     keep = torch.zeros(values.shape[0], dtype=torch.bool)
     for _, start, stop in prompt_groups(prompt_keys, group_size):

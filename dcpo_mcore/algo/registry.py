@@ -1,8 +1,9 @@
-"""Name registries for advantage estimators, token objectives, aggregations and algorithms.
+"""Name registries: advantage estimators, token objectives, aggregations and algorithms here; reward
+verifiers and symbolic checks (reward/) and the tiny test-model families (hf/tiny.py) use it too.
 
 Design rules (docs/architecture.md [conv-registries]): registering a name twice is an error (a silent
 overwrite would make the behaviour depend on import order), and looking up an unknown name lists the
-valid ones.
+valid ones. Torch-free, so the reward workers import it without torch.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A small name -> entry map with loud failures."""
+    """A small name -> entry map with loud failures. ``error``: the class an unknown name raises (a
+    ``ValueError``; :class:`dcpo_mcore.errors.UserValueError` where the name comes straight from the user)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, error: type[ValueError] = ValueError):
         self.kind = kind
+        self.error = error
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -29,7 +32,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries))
-            raise ValueError(f"unknown {self.kind} '{name}'; valid names: {valid}") from None
+            raise self.error(f"unknown {self.kind} '{name}'; valid names: {valid}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -36,7 +36,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import comm
+from dcpo_mcore.engine import collectives as comm
+from dcpo_mcore.errors import one_line
+
 from .errors import CheckpointError
 from .files import CHECKSUM_MAX_BYTES, MANIFEST, STATE_JSON, STATE_PT, build_manifest, check_manifest
 from .files import fsync_dir, fsync_tree, read_manifest, read_trainer_state, replace_atomic, write_durable
@@ -88,7 +90,7 @@ class CheckpointManager:
         try:
             self._write_rank_files(tmp, trainer_state)
         except Exception as exc:  # noqa: BLE001 - reported on every rank by first_error below
-            error = _one_line(exc)
+            error = one_line(exc, None, typed=True)
         error = comm.first_error(error)  # also the barrier: every rank has written its files
         if error is not None:
             raise CheckpointError(f"checkpoint {step} in {tmp} was not saved ({error}); the previous "
@@ -275,8 +277,8 @@ class CheckpointManager:
             try:
                 outcome = ("ok", fn())
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                outcome = ("error", _one_line(exc))
-        outcome = comm.broadcast(outcome)
+                outcome = ("error", one_line(exc, None, typed=True))
+        outcome = comm.broadcast_object(outcome)
         if outcome[0] == "error":
             raise CheckpointError(f"{what}: {outcome[1]} (root {self.root}); check the path, disk space and "
                                   "permissions, then rerun")
@@ -285,9 +287,3 @@ class CheckpointManager:
 
 def _load_rng(path: Path, rank: int) -> dict:
     return torch.load(path / _rng_file(rank), map_location="cpu", weights_only=True)["rng"]
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line`` of an exception (library messages are often multi-line)."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -26,14 +26,6 @@ class VerifyError(UserError):
     exit_code = EXIT_VERIFY_FAILED
 
 
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (library errors are often multi-line)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
 class RankCrash(Exception):
     """A rank died unexpectedly, hung past the timeout, or hit a bug; exit code 3 (logs are kept)."""
 

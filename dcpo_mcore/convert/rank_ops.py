@@ -23,7 +23,9 @@ from dcpo_mcore.engine.hf_mapping import hf_to_mcore_shard
 from dcpo_mcore.engine.layout import ParallelLayout, Precision
 from dcpo_mcore.engine.model_builder import build_model_chunks, build_transformer_config, select_layer_spec
 
-from .errors import ConvertError, one_line
+from dcpo_mcore.errors import one_line
+
+from .errors import ConvertError
 from .stages import virtual_stage
 
 
@@ -123,7 +125,7 @@ def load_chunks(chunks: list, ckpt_dir: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - torch DCP's CheckpointException is a BaseException
         cause = _root_cause(exc)
         raise ConvertError(f"checkpoint {ckpt_dir} is corrupt or does not fit this model "
-                           f"({type(cause).__name__}: {one_line(cause)})") from None
+                           f"({one_line(cause, None, typed=True)})") from None
 
 
 def _root_cause(exc: BaseException) -> BaseException:

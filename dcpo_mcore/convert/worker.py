@@ -142,13 +142,15 @@ def classify(exc: BaseException) -> tuple[int, str]:
     from dcpo_mcore.engine.hf_arch import ArchError
     from dcpo_mcore.engine.hf_mapping import MappingError
 
-    from .errors import ConvertError, VerifyError, one_line
+    from dcpo_mcore.errors import one_line
+
+    from .errors import ConvertError, VerifyError
 
     if isinstance(exc, (ConvertError, VerifyError)):
-        return exc.exit_code, one_line(exc)
+        return exc.exit_code, one_line(exc, None)
     if isinstance(exc, (ArchError, MappingError)):
-        return ConvertError.exit_code, one_line(exc)
-    return EXIT_INTERNAL, f"{type(exc).__name__}: {one_line(exc)}"
+        return ConvertError.exit_code, one_line(exc, None)
+    return EXIT_INTERNAL, one_line(exc, None, typed=True)
 
 
 def _init_process_group(job: dict, rank: int) -> None:

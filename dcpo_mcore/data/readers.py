@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from .records import DataError
 
-from dcpo_mcore.errors import UserError
+from dcpo_mcore.errors import UserError, one_line
 
 __all__ = ["BadRow", "ParsedRow", "RawRow", "SUPPORTED_EXTENSIONS", "iter_rows", "parse_row"]
 
@@ -79,7 +79,7 @@ def _iter_parquet(p: Path) -> Iterator[RawRow]:
     try:
         rows = pq.read_table(p).to_pylist()  # reads the whole file here, so errors surface before row 0
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError / ... for a broken file
-        raise DataError(f"{p}: cannot read as parquet ({type(exc).__name__}: {_first_line(exc)}); "
+        raise DataError(f"{p}: cannot read as parquet ({one_line(exc, typed=True)}); "
                         "re-export the file with pyarrow or pandas.to_parquet") from exc
     return (RawRow(str(p), f"row {i}", row) for i, row in enumerate(rows))
 
@@ -88,7 +88,7 @@ def _iter_jsonl(p: Path) -> Iterator[RawRow]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: cannot read as UTF-8 JSONL ({type(exc).__name__}: {_first_line(exc)}); "
+        raise DataError(f"{p}: cannot read as UTF-8 JSONL ({one_line(exc, typed=True)}); "
                         "check the file's permissions and encoding") from exc
     return _jsonl_rows(str(p), text)
 
@@ -186,8 +186,3 @@ def _describe(value: Any) -> str:
         return "missing"
     text = repr(value)
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "no message"

@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import torch
 
 from dcpo_mcore.algo import GlobalCounts, LossSpec, NllParams
-from dcpo_mcore.checkpoint import comm
 from dcpo_mcore.data import PromptCursor
+from dcpo_mcore.engine import collectives as comm
 from dcpo_mcore.engine.batching import BatchSettings, PolicySample
 from dcpo_mcore.engine.layout import ParallelLayout, Precision
 from dcpo_mcore.engine.optimizer import OptimSettings
@@ -146,7 +146,7 @@ def pretrain(hf_dir: str | Path, out_dir: str | Path, train_records: Sequence, e
         loss = run.train_step()
         elapsed = time.perf_counter() - begin
         out_of_steps = s.max_steps is not None and run.steps >= s.max_steps
-        out_of_time = comm.broadcast(s.max_seconds is not None and elapsed >= s.max_seconds)
+        out_of_time = comm.broadcast_object(s.max_seconds is not None and elapsed >= s.max_seconds)
         if run.step % s.eval_every == 0 or out_of_steps or out_of_time:
             acc = run.evaluate()
             run.say(f"pretrain step {run.step:5d}  loss {loss:.4f}  held-out greedy acc {acc:.3f}  elapsed "
@@ -236,7 +236,7 @@ class _Run:
                                       self.s.max_new_tokens)[0]
             finally:
                 torch.set_num_threads(threads)
-        acc = comm.broadcast(acc)
+        acc = comm.broadcast_object(acc)
         self.last_eval_s = time.perf_counter() - t0
         self.eval_s += self.last_eval_s
         self.history.append((self.step, acc))
@@ -294,5 +294,5 @@ def save_hf_checkpoint(engine, meta_dir: str | Path, out_dir: str | Path) -> Pat
             shutil.rmtree(old, ignore_errors=True)
         else:
             partial.rename(out_dir)
-    comm.broadcast(None)  # barrier: the directory exists on return, on every rank
+    comm.broadcast_object(None)  # barrier: the directory exists on return, on every rank
     return out_dir

@@ -153,7 +153,7 @@ def _export_policy(run: Path, say) -> Path:
 
     out = run / "model_rl"
     shutil.rmtree(out, ignore_errors=True)  # an earlier demo's export in the same run_dir
-    proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.convert.cli", "mcore-to-hf", "--ckpt", str(run),
+    proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.cli.convert", "mcore-to-hf", "--ckpt", str(run),
                            "--out", str(out), "--quiet"], env=environ_without_world(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"exporting the RL policy failed: {proc.stderr.strip()}")
@@ -173,7 +173,7 @@ def _accuracy_by_kind(cfg, p: "Pretrained", models: dict, records: list) -> dict
 
 def _eval_series(run: Path, data_source: str) -> list[tuple[int, float]]:
     """(step, greedy accuracy on one held-out set) from the run's metrics.jsonl (the trainer's SGLang evaluations)."""
-    from dcpo_mcore.evaluation import dataset_name
+    from dcpo_mcore.eval import dataset_name
     from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
     series = held_out_accuracy_series(read_metrics(run), dataset_name(data_source))
@@ -208,7 +208,7 @@ def _kinds_markdown(kinds: dict, which: str) -> str:
 
 
 def _report(run: Path) -> None:
-    from dcpo_mcore.metrics.report import main as report_main
+    from dcpo_mcore.cli.report import main as report_main
 
     try:
         report_main([str(run), "--out", str(run / "report")])

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from dcpo_mcore.algo.registry import Registry
+
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "default_corpus", "make_bpe_tokenizer", "make_tiny_hf_model"]
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -32,8 +34,10 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 # family -> (transformers config class, model class)
-_CLASSES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
-            "llama": ("LlamaConfig", "LlamaForCausalLM")}
+_CLASSES: Registry[tuple[str, str]] = Registry("family")
+_CLASSES.register("qwen2", ("Qwen2Config", "Qwen2ForCausalLM"))
+_CLASSES.register("qwen3", ("Qwen3Config", "Qwen3ForCausalLM"))
+_CLASSES.register("llama", ("LlamaConfig", "LlamaForCausalLM"))
 _WORDS = ("the a one two cat dog model answer number sum product question think step first then "
           "so is are was add multiply result check final we it this that of to and with".split())
 # The Llama-3.1 values, which are also the ones megatron-core 0.16.1's RotaryEmbedding hard-codes
@@ -130,16 +134,14 @@ def make_tiny_hf_model(
 def _model_class(family: str):
     import transformers
 
-    if family not in _CLASSES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(_CLASSES)}")
-    return getattr(transformers, _CLASSES[family][1])
+    return getattr(transformers, _CLASSES.get(family)[1])
 
 
 def _config(family: str, **kwargs):
     import transformers
 
     # Qwen3Config defaults head_dim to 128 whatever the width, so head_dim is always passed.
-    return getattr(transformers, _CLASSES[family][0])(**kwargs)
+    return getattr(transformers, _CLASSES.get(family)[0])(**kwargs)
 
 
 def _rope(family: str, rope_scaling: bool | Mapping[str, Any] | None) -> dict[str, Any]:

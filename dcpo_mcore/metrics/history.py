@@ -102,6 +102,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def held_out_accuracy_series(rows: list[dict], dataset: str) -> list[tuple[int, float]]:
     """``(step, Avg@1)`` for every record with an in-training evaluation of ``dataset`` (the key
-    ``eval/<dataset>/avg@1``, see ``evaluation.dataset_name``), in file order."""
+    ``eval/<dataset>/avg@1``, see ``eval.dataset_name``), in file order."""
     key = f"eval/{dataset}/avg@1"
     return [(int(row["step"]), float(row[key])) for row in rows if key in row]

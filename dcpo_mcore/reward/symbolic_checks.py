@@ -5,15 +5,16 @@ identically. A check takes ``(pred, ground_truths)`` and returns whether ``pred`
 """
 from __future__ import annotations
 
+from typing import Callable
+
+from dcpo_mcore.algo.registry import Registry
 from dcpo_mcore.reward.equivalence import symbolic_equivalent
 from dcpo_mcore.reward.grading import SymbolicJob
 
-SYMBOLIC_CHECKS = {"math": symbolic_equivalent}
+SYMBOLIC_CHECKS: Registry[Callable[..., bool]] = Registry("symbolic check")
+SYMBOLIC_CHECKS.register("math", symbolic_equivalent)
 
 
 def run_symbolic_job(job: SymbolicJob) -> bool:
     """Run one symbolic check in this process. No timeout here: the pool enforces it."""
-    check = SYMBOLIC_CHECKS.get(job.kind)
-    if check is None:
-        raise ValueError(f"unknown symbolic check {job.kind!r}; valid: {', '.join(sorted(SYMBOLIC_CHECKS))}")
-    return bool(check(job.pred, list(job.ground_truths)))
+    return bool(SYMBOLIC_CHECKS.get(job.kind)(job.pred, list(job.ground_truths)))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from dcpo_mcore.algo.registry import Registry
 from dcpo_mcore.reward.equivalence import MAX_SYMBOLIC_CHARS, ground_truth_candidates, plan_equivalence
 from dcpo_mcore.reward.extraction import extract_last_boxed
 from dcpo_mcore.reward.grading import GradeResult, RewardScheme, SymbolicJob, make_result
@@ -131,29 +132,22 @@ class ExactMatchVerifier(Verifier):
         return make_result(self.scheme, correct=correct, pred=pred)
 
 
-_VERIFIERS: dict[str, Callable[..., Verifier]] = {}
+_VERIFIERS: Registry[Callable[..., Verifier]] = Registry("verifier", error=UserValueError)
 
 
 def register_verifier(name: str, factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
     """Register ``factory`` (usually a ``Verifier`` subclass) under ``name``; duplicates raise."""
-    if name in _VERIFIERS:
-        raise ValueError(f"verifier {name!r} is already registered")
-    _VERIFIERS[name] = factory
-    return factory
+    return _VERIFIERS.register(name, factory)
 
 
 def available_verifiers() -> list[str]:
     """Names accepted by ``get_verifier``, sorted."""
-    return sorted(_VERIFIERS)
+    return _VERIFIERS.names()
 
 
 def get_verifier(name: str, **params: Any) -> Verifier:
     """Build the verifier registered as ``name`` with keyword ``params`` (e.g. ``scheme="binary"``)."""
-    try:
-        factory = _VERIFIERS[name]
-    except KeyError:
-        raise UserValueError(f"unknown verifier {name!r}; valid names: {', '.join(available_verifiers())}") from None
-    return factory(**params)
+    return _VERIFIERS.get(name)(**params)
 
 
 register_verifier(MathVerifier.name, MathVerifier)

@@ -7,9 +7,8 @@
 * :class:`RolloutClient` (client.py): asyncio ``/generate`` client with n samples per prompt,
   logprobs, weight versions, bounded concurrency, retries, failover, abort; ``generate_sync``.
 * :class:`EngineAdmin` (admin.py): one worker's weight-update and control endpoints.
-* types.py: pydantic wire types of requests and responses; errors.py: one-line errors.
+* wire.py: pydantic models of the SGLang HTTP requests and responses; errors.py: one-line errors.
 * cpu_shim/: the CPU compatibility shim for the server process (tied to pins.SGLANG_VERSION).
-* fake_server.py: a stdlib stand-in for an SGLang server, for fast tests without sglang.
 """
 from .admin import EngineAdmin
 from .endpoints import Endpoints, StaticEndpoints
@@ -17,7 +16,7 @@ from .errors import (GenerationAborted, RequestRejected, RolloutError, ServerLau
                      ServerUnreachable)
 from .pins import SGLANG_ROUTER_VERSION, SGLANG_VERSION
 from .server import LaunchSpec, ServerManager
-from .types import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest, EndWeightUpdateRequest,
+from .wire import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest, EndWeightUpdateRequest,
                     FinishReason, GenerateRequest, GenerateResponse, InitWeightsUpdateGroupRequest,
                     SamplingParams, UpdateWeightsFromDistributedRequest, UpdateWeightVersionRequest,
                     WeightUpdateResponse)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ._http import HttpAnswer, request_json
 from .endpoints import normalize_url
 from .errors import RequestRejected
-from .types import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest, EndWeightUpdateRequest,
+from .wire import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest, EndWeightUpdateRequest,
                     InitWeightsUpdateGroupRequest, UpdateWeightsFromDistributedRequest,
                     UpdateWeightVersionRequest, WeightUpdateResponse, WireModel)
 

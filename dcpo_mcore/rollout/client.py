@@ -41,7 +41,7 @@ from ._http import request_json
 from .endpoints import Endpoints, StaticEndpoints
 from .errors import (GenerationAborted, RequestRejected, RolloutError, ServerUnreachable,
                      describe_exception)
-from .types import GenerateRequest, GenerateResponse, SamplingParams
+from .wire import GenerateRequest, GenerateResponse, SamplingParams
 
 __all__ = ["ClientOptions", "PromptInput", "RolloutClient", "derive_seed"]
 

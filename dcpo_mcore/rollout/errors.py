@@ -6,15 +6,10 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from dcpo_mcore.errors import UserError
+from dcpo_mcore.errors import UserError, one_line
 
 __all__ = ["GenerationAborted", "RequestRejected", "RolloutError", "ServerLaunchError",
            "ServerUnreachable", "describe_exception"]
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -35,14 +30,13 @@ def describe_exception(exc: BaseException) -> str:
         if isinstance(e, ConnectionRefusedError) or "Connect call failed" in text or "Connection refused" in text:
             return "connection refused (nothing listens on that port)"
         if isinstance(e, socket.gaierror) or "Name or service not known" in text:
-            return f"host name does not resolve ({_one_line(e, 120)})"
+            return f"host name does not resolve ({one_line(e, 120)})"
         if isinstance(e, (TimeoutError, asyncio.TimeoutError, socket.timeout)):
             return "timed out"
         if isinstance(e, (ConnectionResetError, BrokenPipeError)) or type(e).__name__ in (
                 "ServerDisconnectedError", "RemoteDisconnected", "IncompleteRead"):
             return "connection closed mid-request (did the server die?)"
-    msg = _one_line(exc)
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return one_line(exc, typed=True)
 
 
 class RolloutError(UserError, RuntimeError):
@@ -55,7 +49,7 @@ class ServerUnreachable(RolloutError):
     def __init__(self, url: str, cause: str, *, attempts: int | None = None):
         self.url, self.cause, self.attempts = url, cause, attempts
         tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-        super().__init__(f"SGLang server {url} is unreachable{tries}: {_one_line(cause)} "
+        super().__init__(f"SGLang server {url} is unreachable{tries}: {one_line(cause)} "
                          f"(check that it runs and the URL/port is right)")
 
 
@@ -64,7 +58,7 @@ class RequestRejected(RolloutError):
 
     def __init__(self, url: str, status: int, message: str):
         self.url, self.status, self.message = url, status, message
-        super().__init__(f"SGLang server {url} rejected the request (HTTP {status}): {_one_line(message)}")
+        super().__init__(f"SGLang server {url} rejected the request (HTTP {status}): {one_line(message)}")
 
 
 class ServerLaunchError(RolloutError):
@@ -72,7 +66,7 @@ class ServerLaunchError(RolloutError):
 
     def __init__(self, summary: str, log_tail: str = "", log_path: str | None = None):
         self.summary, self.log_tail, self.log_path = summary, log_tail, log_path
-        text = _one_line(summary, 500)
+        text = one_line(summary, 500)
         if log_path:
             text += f" (log: {log_path})"
         if log_tail:

@@ -12,9 +12,9 @@ take it down with the owner. It polls once a second. If the group has no live me
 watcher exits. If the watcher's parent changed (the owner died and the watcher was re-parented), it
 sends SIGTERM to the group, waits up to 20 s, then SIGKILLs what is left.
 
-This file is run by path (``python -I -S``: isolated, so this directory's ``types.py`` cannot shadow the
-standard library's), never imported as part of the package, so it starts in ~50 ms without torch;
-``process.py`` imports :func:`group_members` from it.
+This file is run by path (``python -I -S``: isolated, so no module of this directory can shadow the
+standard library's), never imported as part of the
+package, so it starts in ~50 ms without torch; ``process.py`` imports :func:`group_members` from it.
 """
 from __future__ import annotations
 

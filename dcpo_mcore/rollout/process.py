@@ -128,19 +128,21 @@ class ManagedProcess:
                 pass
 
     # ------------------------------------------------------------------ log
-    def log_since_launch(self, max_bytes: int = 1 << 20) -> str:
+    def log_since_launch(self, max_bytes: int = 1 << 20, *, since_launch: bool = True) -> str:
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 end = f.tell()
-                start = max(self._log_offset, end - max_bytes)
+                start = max(self._log_offset if since_launch else 0, end - max_bytes)
                 f.seek(start)
                 return f.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_since_launch(256 * 1024).splitlines()[-lines:])
+    def log_tail(self, lines: int = 40, *, since_launch: bool = True) -> str:
+        """The last ``lines`` lines of the log: of the latest launch, or (``since_launch=False``) of the
+        file, so a crash stays visible after the watchdog relaunched the process."""
+        return "\n".join(self.log_since_launch(256 * 1024, since_launch=since_launch).splitlines()[-lines:])
 
     def listens_on(self, port: int) -> bool | None:
         """Does a process of OUR group hold the listening socket on ``port``? (None: cannot tell,

@@ -13,7 +13,8 @@ What the manager guarantees for servers it launched:
   warm-up request is done); a process that exits fails fast with the tail of its log;
 * logs in ``RUN_DIR/sglang/server_<i>.log`` and ``router.log``, appended across restarts;
 * a watchdog thread restarts a server that dies (same port, same model path, health-checked again;
-  at most ``max_restarts`` times), and logs ONE line saying which server died and why;
+  at most ``max_restarts`` times), and logs ONE line saying which server died and why, then the last
+  lines of its log (what it printed before dying);
 * shutdown stops only the process groups we started (SIGTERM, SIGKILL after ``shutdown_grace_s``),
   also at interpreter exit.
 
@@ -403,10 +404,12 @@ class ServerManager:
                 slot.state = "failed"
                 log.error("SGLang %s (%s, pid %s) died: %s; not restarting (max_restarts=%d reached; log: %s)",
                           slot.name, slot.url, slot.proc.pid, cause, self.spec.max_restarts, slot.proc.log_path)
+                _log_death_tail(slot)
                 return
             slot.state = "restarting"
             log.warning("SGLang %s (%s, pid %s) died: %s; restarting it on the same port (log: %s)",
                         slot.name, slot.url, slot.proc.pid, cause, slot.proc.log_path)
+        _log_death_tail(slot)
         t0 = time.monotonic()
         try:
             slot.proc.stop(self.spec.shutdown_grace_s)  # whatever is left of the old process group
@@ -498,6 +501,13 @@ class ServerManager:
         """Log of worker ``index``, or of the router when index is None."""
         return (self._router if index is None else self._owned_slot(index)).proc.log_path
 
+    def server_log(self, url: str, lines: int = 20) -> tuple[Path, str] | None:
+        """(log path, its last ``lines`` lines) of the server we launched at ``url`` -- the file's last
+        lines, so a crash is still there after a restart appended a new launch; None for a URL that is not
+        one of ours (attached servers, a foreign URL)."""
+        slot = self._slot_for(url) if self.owned else None
+        return None if slot is None else (slot.proc.log_path, slot.proc.log_tail(lines, since_launch=False))
+
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         """Block until no slot is starting/restarting; RolloutError if one failed or time runs out."""
         deadline = time.monotonic() + timeout_s
@@ -571,6 +581,16 @@ class WorkerView:
 
     def is_failed(self, url: str) -> bool:
         return self.manager.is_failed(url)
+
+
+def _log_death_tail(slot: _Slot, lines: int = 25) -> None:
+    """After the one line saying that a server died: what it printed last (its traceback, an OOM
+    message...), read before the relaunch appends to the log. A peer of a crashed server only sees gloo's
+    "Connection closed by peer", which names no cause."""
+    tail = slot.proc.log_tail(lines)
+    if tail.strip():
+        log.warning("SGLang %s: what it printed last (%s, %d lines):\n%s", slot.name, slot.proc.log_path, lines,
+                    tail)
 
 
 def _installed_version(python: str, dist: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Weight sync: megatron shards -> HF names -> flattened buckets -> broadcast -> SGLang (design.md "sync/").
+"""Weight sync: megatron shards -> HF names -> flattened buckets -> broadcast -> SGLang (docs/architecture.md [data-flow]).
 
 * :class:`WeightSync` / :class:`SyncSettings` (weight_sync.py): ``push(version)`` and ``verify()``,
   collectives over the trainer's ranks; rank 0 drives the servers.

@@ -1,4 +1,4 @@
-"""Flattened weight buckets: SGLang's ``load_format="flattened_bucket"`` (platform_notes.md §2).
+"""Flattened weight buckets: SGLang's ``load_format="flattened_bucket"`` (docs/platform.md [sglang-flattened-bucket]).
 
 The server receives ONE uint8 buffer per ``/update_weights_from_distributed`` call and cuts it back
 into tensors from the request's names, dtypes and shapes: each tensor ``flatten().view(uint8)``,
@@ -80,13 +80,16 @@ class BufferPool:
                                        f"({self.capacity} lent)")
                 self._cond.wait(left)
             self.wait_s += time.perf_counter() - t0
-            fits = [b for b in self._free if b.numel() >= nbytes]
+            # Free buffers are chosen and taken out BY POSITION. Never ``list.remove(tensor)``: it compares
+            # the buffers before it with ``==``, elementwise, so it raised ("The size of tensor a (102400)
+            # must match the size of tensor b (65536)") whenever the chosen one was not the first free one.
+            sizes = [b.numel() for b in self._free]
+            fits = [i for i, n in enumerate(sizes) if n >= nbytes]
             if fits:
-                buf = min(fits, key=torch.Tensor.numel)
-                self._free.remove(buf)
+                buf = self._free.pop(min(fits, key=sizes.__getitem__))  # the smallest that fits
             else:
                 if self._free:  # all free ones too small: replace the smallest
-                    self._free.remove(min(self._free, key=torch.Tensor.numel))
+                    self._free.pop(min(range(len(sizes)), key=sizes.__getitem__))
                     self._live -= 1
                 buf = torch.empty(max(nbytes, self.buffer_bytes), dtype=torch.uint8, device=self.device)
                 self._live += 1

@@ -1,4 +1,4 @@
-"""The trainer's side of SGLang's weight-update process group (platform_notes.md §2, "Rendezvous").
+"""The trainer's side of SGLang's weight-update process group (docs/platform.md [sglang-rendezvous]).
 
 SGLang joins as rank ``rank_offset + tp_rank`` through ``tcp://master_address:master_port``: a
 TCPStore client wrapped in ``PrefixStore(group_name, store)``, then ``_new_process_group_helper``.

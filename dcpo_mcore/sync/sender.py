@@ -24,8 +24,9 @@ from typing import Sequence
 import torch.distributed as dist
 
 from dcpo_mcore.rollout.admin import EngineAdmin
+from dcpo_mcore.errors import one_line
 from dcpo_mcore.rollout.errors import describe_exception
-from dcpo_mcore.rollout.types import UpdateWeightsFromDistributedRequest
+from dcpo_mcore.rollout.wire import UpdateWeightsFromDistributedRequest
 
 from .buckets import Bucket, validate_bucket
 
@@ -136,7 +137,7 @@ class BucketSender:
                                    f"{bucket.index} within {self.timeout_s:.0f} s", admin.url)
             if exc is not None:
                 return SendFailure(f"{admin.url} rejected bucket {bucket.index} ({len(bucket.names)} tensors, "
-                                   f"first {bucket.names[0]}): {_one_line(exc)}", admin.url)
+                                   f"first {bucket.names[0]}): {one_line(exc, 400)}", admin.url)
         return None
 
     def _watch(self, work, answers, done, bucket: Bucket, t0: float) -> SendFailure | None:
@@ -153,11 +154,6 @@ class BucketSender:
                 if now - rejected_at > self.reject_grace_s:
                     admin = self.admins[bad[0]]
                     return SendFailure(f"{admin.url} rejected bucket {bucket.index} before receiving it: "
-                                       f"{_one_line(answers[bad[0]])}", admin.url, poisoned=True)
+                                       f"{one_line(answers[bad[0]], 400)}", admin.url, poisoned=True)
             time.sleep(0.002)
         return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:400] if text else type(exc).__name__

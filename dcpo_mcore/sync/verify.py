@@ -14,7 +14,7 @@ import torch
 
 from dcpo_mcore.rollout._http import request_json
 from dcpo_mcore.rollout.errors import RequestRejected
-from dcpo_mcore.rollout.types import GenerateResponse
+from dcpo_mcore.rollout.wire import GenerateResponse
 
 __all__ = ["default_threshold", "max_abs_diff", "server_prompt_logprobs", "verification_prompts"]
 

@@ -1,4 +1,4 @@
-"""Push the trainer's weights into every SGLang worker by broadcast (issue 4, design.md "sync/").
+"""Push the trainer's weights into every SGLang worker by broadcast (docs/platform.md [sglang-weight-update]).
 
 Per :meth:`WeightSync.push` (a collective over all trainer ranks):
 
@@ -34,19 +34,21 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from dcpo_mcore.engine import collectives
 from dcpo_mcore.engine.batching import PolicySample
 from dcpo_mcore.engine.hf_export import stream_hf_tensors
 from dcpo_mcore.engine.hf_mapping import expected_hf_shapes
+from dcpo_mcore.errors import one_line
 from dcpo_mcore.rollout.admin import EngineAdmin
 from dcpo_mcore.rollout.errors import RequestRejected
 from dcpo_mcore.rollout.ports import PORTS
-from dcpo_mcore.rollout.types import InitWeightsUpdateGroupRequest
+from dcpo_mcore.rollout.wire import InitWeightsUpdateGroupRequest
 
 from .buckets import BucketPacker, BufferPool
 from .errors import SyncError
 from .group import create_trainer_group, destroy_trainer_group, reachable_address
 from .liveness import probe_workers, wait_workers_ready
-from .sender import BucketSender, SendFailure, _one_line
+from .sender import BucketSender, SendFailure
 from .verify import default_threshold, max_abs_diff, server_prompt_logprobs, verification_prompts
 
 __all__ = ["SyncSettings", "WeightSync", "settings_from_config"]
@@ -107,6 +109,7 @@ class WeightSync:
         self._restarts_seen: dict[str, int] | None = None
         self._tp_sizes: list[int] | None = None
         self._pool: BufferPool | None = None
+        self._pack_error: str | None = None  # rank 0: why packing the current attempt's buckets failed
 
     # ------------------------------------------------------------------ public
     def push(self, version: str) -> dict[str, float]:
@@ -153,7 +156,7 @@ class WeightSync:
                          for a in self.admins}
                 result = ("ok", diffs)
             except Exception as exc:  # noqa: BLE001 - unreachable server etc.: one line on every rank
-                result = ("fatal", f"log-prob verification could not query the servers: {_one_line(exc)}")
+                result = ("fatal", f"log-prob verification could not query the servers: {one_line(exc, 400)}")
         status = self._bcast(result)
         if status[0] == "fatal":
             raise SyncError(status[1])
@@ -199,7 +202,8 @@ class WeightSync:
                 _begin(a)
             return ("go",)
         except Exception as exc:  # noqa: BLE001 - any failure here is fatal for the run: say it in one line
-            return ("fatal", f"weight sync could not start: {_one_line(exc)}")
+            return ("fatal", self._point_at_logs(f"weight sync could not start: {one_line(exc, 400)}",
+                                                 getattr(exc, "url", None)))
 
     def _form_group(self, poisoned: bool) -> None:
         if self._pg is not None:
@@ -227,6 +231,23 @@ class WeightSync:
         log.info("weight-update group %s formed: trainer + %d worker rank(s) over %s at %s:%d",
                  name, world - 1, self.backend, address, port)
 
+    def _point_at_logs(self, message: str, url: str | None) -> str:
+        """Rank 0, after a failed attempt, for the servers our manager launched (``url``'s, or all when
+        the failure names none, e.g. a gloo error): their last log lines as a warning -- on this side a
+        crashed server only shows as gloo's "Connection closed by peer" -- and their log paths appended to
+        the one-line ``message``."""
+        server_log = getattr(self.manager, "server_log", None)
+        if server_log is None:
+            return message
+        paths = []
+        for u in [url] if url else [a.url for a in self.admins]:
+            found = server_log(u)
+            if found is not None:
+                path, tail = found
+                log.warning("weight sync failed; the last lines of SGLang worker %s's log %s:\n%s", u, path, tail)
+                paths.append(str(path))
+        return f"{message} (server log: {', '.join(paths)})" if paths else message
+
     def _wait_workers_ready(self) -> list:
         """Wait (up to timeout_s) until every worker is alive (:func:`.liveness.wait_workers_ready`: one
         parallel ``/model_info`` per round, ``/health`` only as the fallback); their probes, with each
@@ -253,14 +274,31 @@ class WeightSync:
             packer = BucketPacker(self.settings.bucket_bytes, sender.submit, self.settings.send_dtype, device,
                                   pool=self._pool)
             timings["pool_wait0"] = self._pool.wait_s
+        self._pack_error = None
+        sink = None
+        if packer is not None:
+            def sink(name: str, tensor: torch.Tensor) -> None:
+                # Rank 0's packing must not raise out of the gather: the other ranks are blocked sending
+                # their shards to rank 0 and would only die with gloo's "Connection closed by peer"
+                # (which names no cause) once rank 0 is gone. Keep receiving, drop the rest, and report
+                # the cause to every rank at the end of the attempt (_complete).
+                if self._pack_error is None:
+                    try:
+                        packer.add(name, tensor)
+                    except Exception as exc:  # noqa: BLE001 - reported on every rank by _complete
+                        self._pack_error = (f"packing {name} on trainer rank 0 failed: "
+                                            f"{one_line(exc, 400, typed=True)}")
         t0 = time.perf_counter()
         try:
             # copy=False: the packer copy_s every tensor into its bucket before add() returns.
-            stream_hf_tensors(self.engine.chunks, self.engine.arch, self.engine.uses_te,
-                              packer.add if packer is not None else None, timings=timings,
+            stream_hf_tensors(self.engine.chunks, self.engine.arch, self.engine.uses_te, sink, timings=timings,
                               on_cpu=self.backend != "nccl", copy=False)
-            if packer is not None:
-                packer.flush()
+            if packer is not None and self._pack_error is None:
+                try:
+                    packer.flush()
+                except Exception as exc:  # noqa: BLE001 - as in sink()
+                    self._pack_error = (f"packing the last bucket on trainer rank 0 failed: "
+                                        f"{one_line(exc, 400, typed=True)}")
         finally:
             if packer is not None:
                 packer.abandon()  # after an error: the half-filled buffer (never sent) goes back
@@ -276,6 +314,8 @@ class WeightSync:
         t0 = time.perf_counter()
         failure = sender.finish()
         tail = time.perf_counter() - t0
+        if self._pack_error is not None:  # our own bug, not the servers': a re-push would not help
+            return ("fatal", self._pack_error, None)
         if failure is None:
             try:
                 for a in self.admins:
@@ -283,9 +323,9 @@ class WeightSync:
                 for a in self.admins:
                     a.update_weight_version(version, abort_all_requests=False)
             except Exception as exc:  # noqa: BLE001
-                failure = SendFailure(f"closing the update failed: {_one_line(exc)}", getattr(exc, "url", None))
+                failure = SendFailure(f"closing the update failed: {one_line(exc, 400)}", getattr(exc, "url", None))
         if failure is not None:
-            return ("retry", failure.message, failure)
+            return ("retry", self._point_at_logs(failure.message, failure.url), failure)
         tm = sender.timing
         gather, sink = timings.get("gather", 0.0), timings.get("sink", 0.0)
         return ("ok", {
@@ -298,10 +338,7 @@ class WeightSync:
         })
 
     def _bcast(self, obj):
-        box = [obj]
-        if dist.get_world_size() > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return collectives.broadcast_object(obj)
 
 
 _THP_WARNED = False
@@ -349,17 +386,19 @@ def _rendezvous(admins: Sequence[EngineAdmin], reqs, create, timeout_s: float):
     while maker.is_alive():
         bad = [i for i, ev in enumerate(done) if ev.is_set() and errors[i] is not None]
         if bad:
-            raise SyncError(f"{admins[bad[0]].url} refused to join the weight-update group: {_one_line(errors[bad[0]])}")
+            raise SyncError(f"{admins[bad[0]].url} refused to join the weight-update group: "
+                            f"{one_line(errors[bad[0]], 400)}")
         if time.monotonic() > deadline:
             raise SyncError(f"weight-update group not formed within {timeout_s:.0f} s")
         time.sleep(0.01)
     for t in threads:
         t.join(timeout_s)
     if "error" in box:
-        raise SyncError(f"weight-update group creation failed: {_one_line(box['error'])}")
+        raise SyncError(f"weight-update group creation failed: {one_line(box['error'], 400)}")
     bad = [i for i in range(len(admins)) if errors[i] is not None]
     if bad:
-        raise SyncError(f"{admins[bad[0]].url} failed to join the weight-update group: {_one_line(errors[bad[0]])}")
+        raise SyncError(f"{admins[bad[0]].url} failed to join the weight-update group: "
+                        f"{one_line(errors[bad[0]], 400)}")
     return box["pg"]
 
 
@@ -376,7 +415,7 @@ def _begin(admin: EngineAdmin) -> None:
 
 
 def _destroy_req(name):
-    from dcpo_mcore.rollout.types import DestroyWeightsUpdateGroupRequest
+    from dcpo_mcore.rollout.wire import DestroyWeightsUpdateGroupRequest
 
     return DestroyWeightsUpdateGroupRequest(group_name=name)
 
@@ -385,4 +424,4 @@ def _quietly(fn, *args) -> None:
     try:
         fn(*args)
     except Exception as exc:  # noqa: BLE001 - best-effort cleanup
-        log.debug("ignored during weight-sync cleanup: %s", _one_line(exc))
+        log.debug("ignored during weight-sync cleanup: %s", one_line(exc, 400))

@@ -24,7 +24,7 @@ def _records(rows: list[dict]) -> list:
 def pretrain_checks(hf_dir: str, work: str, train_rows: list[dict], eval_rows: list[dict], layout: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dcpo_mcore.checkpoint import comm
+    from dcpo_mcore.engine import collectives as comm
     from dcpo_mcore.demo.pretraining import MCORE_SUBDIR, NLL_LOSS, PretrainSettings, answer_ids, engine_settings, pretrain
     from dcpo_mcore.engine.batching import PolicySample
     from dcpo_mcore.engine.layout import ParallelLayout

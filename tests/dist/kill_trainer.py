@@ -31,7 +31,7 @@ def _die(where: str) -> None:
 
 
 def install_record_replay(record: str | None, replay: str | None, kill: tuple[str, int] | None) -> None:
-    from dcpo_mcore.train.rollout_stage import RolloutStage
+    from dcpo_mcore.trainer.rollout_stage import RolloutStage
 
     orig_all = RolloutStage._generate_all
 
@@ -62,7 +62,7 @@ def install_record_replay(record: str | None, replay: str | None, kill: tuple[st
 
 def install_kill(point: str, step: int) -> None:
     if point == "update":
-        from dcpo_mcore.train import update_stage
+        from dcpo_mcore.trainer import update_stage
 
         orig_update = update_stage.update_policy
 
@@ -77,7 +77,7 @@ def install_kill(point: str, step: int) -> None:
                 engine.train_step = train_step
             return orig_update(engine, batch, store, settings, *rest)
 
-        import dcpo_mcore.trainer as trainer_mod
+        import dcpo_mcore.trainer.loop as trainer_mod
 
         trainer_mod.update_policy = update_policy
         _track_step()
@@ -137,7 +137,7 @@ _saving = [None]
 
 
 def _track_step() -> None:
-    from dcpo_mcore.train.rollout_stage import RolloutStage
+    from dcpo_mcore.trainer.rollout_stage import RolloutStage
 
     orig = RolloutStage.collect
 

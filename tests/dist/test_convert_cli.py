@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcpo_mcore.convert.cli import main
+from dcpo_mcore.cli.convert import main
 from dcpo_mcore.convert.verify import compare_hf_dirs, hf_logprobs, random_input_ids
 from dcpo_mcore.engine.hf_arch import ArchSpec
 from dcpo_mcore.hf.tiny import make_tiny_hf_model

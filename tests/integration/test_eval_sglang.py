@@ -45,7 +45,7 @@ def pool():
 @pytest.mark.timeout(600)
 def test_greedy_avg_at_1_on_two_benchmarks_is_deterministic(sglang_servers, tokenizer, pool):
     from dcpo_mcore.data import load_prompt_dataset
-    from dcpo_mcore.evaluation import EvalSettings, evaluate
+    from dcpo_mcore.eval import EvalSettings, evaluate
     from dcpo_mcore.rollout import RolloutClient
 
     sglang_servers.wait_ready(300)
@@ -72,7 +72,7 @@ def test_greedy_avg_at_1_on_two_benchmarks_is_deterministic(sglang_servers, toke
 @pytest.mark.timeout(600)
 def test_sampled_avg_at_k_draws_the_replica_count(sglang_servers, tokenizer, pool):
     from dcpo_mcore.data import load_prompt_dataset
-    from dcpo_mcore.evaluation import EvalSettings, evaluate
+    from dcpo_mcore.eval import EvalSettings, evaluate
     from dcpo_mcore.rollout import RolloutClient
 
     sglang_servers.wait_ready(300)
@@ -87,7 +87,7 @@ def test_sampled_avg_at_k_draws_the_replica_count(sglang_servers, tokenizer, poo
 
 
 def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    from dcpo_mcore.eval_cli import main
+    from dcpo_mcore.cli.eval import main
 
     code = main(argv)
     out, err = capsys.readouterr()
@@ -137,7 +137,7 @@ def test_cli_launches_a_local_server_for_model(tiny_qwen2, tmp_path, capsys):
 def test_cli_missing_file_exits_2_with_one_line(tmp_path):
     """The console entry as a user runs it: one line on stderr, no traceback, exit code 2."""
     missing = tmp_path / "nope.parquet"
-    proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.eval_cli", "--model", str(tmp_path), "--data",
+    proc = subprocess.run([sys.executable, "-m", "dcpo_mcore.cli.eval", "--model", str(tmp_path), "--data",
                            str(missing)], capture_output=True, text=True, timeout=100, cwd=REPO)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"dcpo-eval: error: data file {missing} does not exist; "

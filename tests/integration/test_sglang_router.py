@@ -76,7 +76,7 @@ def test_weight_update_endpoints_reach_every_worker_directly(sglang_servers):
 
 @pytest.mark.timeout(300)
 def test_two_routers_in_front_of_fake_workers(tmp_path):
-    """The real sglang-router in front of fake workers (dcpo_mcore.rollout.fake_server), two routers
+    """The real sglang-router in front of fake workers (tests/fakes/fake_sglang.py), two routers
     at once: they must not collide (each gets its own metrics port; the default is 0.0.0.0:29000);
     generation goes via the router, weight calls are refused there and reach the workers directly."""
     if importlib.util.find_spec("sglang_router") is None or importlib.util.find_spec("aiohttp") is None:
@@ -86,7 +86,7 @@ def test_two_routers_in_front_of_fake_workers(tmp_path):
 
     env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     managers = [ServerManager(LaunchSpec(model_path="fake-model", num_servers=2, device="cpu", env=env,
-                                         server_module="dcpo_mcore.rollout.fake_server", shutdown_grace_s=3.0,
+                                         server_module="tests.fakes.fake_sglang", shutdown_grace_s=3.0,
                                          startup_timeout_s=120.0), tmp_path / name) for name in "ab"]
     try:
         with ThreadPoolExecutor(2) as pool:  # both at once

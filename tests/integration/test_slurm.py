@@ -7,7 +7,7 @@
   the real SGLang server step, a 2-rank torchrun trainer step, then SIGUSR1 to the job's steps
   (``scancel -s USR1``), checkpoint + PREEMPTED, ``scontrol requeue``, resume, completion;
 * the same with the real ``dcpo-train`` (TP2, a few DCPO steps), the USR1 sent to the batch shell
-  (``scancel --batch -s USR1``, forwarded by the launcher); skipped until dcpo_mcore/trainer.py exists.
+  (``scancel --batch -s USR1``, forwarded by the launcher); skipped until dcpo_mcore/trainer/loop.py exists.
 
 The daemons are stopped by PID at the end (tools/setup_slurm.sh stop). Skipped, with the reason, only when
 Slurm cannot be installed here (not root / no apt-get: setup exits 3).

@@ -331,7 +331,7 @@ def test_grpo_with_kl_uses_the_frozen_initial_policy(setup):
 
 
 def _convert(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dcpo_mcore.convert.cli", *argv, "--quiet"], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "dcpo_mcore.cli.convert", *argv, "--quiet"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

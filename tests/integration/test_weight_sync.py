@@ -1,4 +1,4 @@
-"""Weight sync from the megatron trainer into REAL SGLang workers (CPU, gloo), issue 4 §4.
+"""Weight sync from the megatron trainer into REAL SGLang workers (CPU, gloo; docs/platform.md [sglang-weight-update]).
 
 The session's two workers (tests/integration/conftest.py) start with the tiny Qwen2 "A". Trainers
 here are built from "B", the same architecture with other random weights, so before a push the
@@ -8,9 +8,12 @@ never leaves modified servers behind for a later test.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,54 @@ from tests.integration.conftest import count_generate_requests, requires_sglang
 
 pytestmark = [pytest.mark.integration, pytest.mark.dist, requires_sglang]
 W = "tests.dist.sync_worker"
+
+
+# Access-log lines of the liveness probes and the router's health checks: noise in a log tail.
+_PROBE_LINES = ('"GET /health', '"GET /model_info', '"GET /server_info')
+
+
+def _server_log_tails(servers, starts: list[int], lines: int = 30) -> list[str]:
+    notes = []
+    for i, start in enumerate(starts):
+        path = Path(servers.log_path(i))
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            text = f"<unreadable: {exc}>"
+        kept = [ln for ln in text.splitlines() if not any(p in ln for p in _PROBE_LINES)]
+        notes.append(f"--- SGLang worker {i} ({servers.worker_urls[i]}): last {lines} lines of {path} "
+                     f"since the test began ---\n" + ("\n".join(kept[-lines:]) or "(nothing)"))
+    return notes
+
+
+@contextlib.contextmanager
+def server_logs_on_failure(servers):
+    """Any failure inside gets the tail of what each SGLang worker logged meanwhile as a note (shown
+    in the report). A worker that crashed mid-sync shows on the trainer side only as gloo's "Connection
+    closed by peer ... typically caused by a remote worker crashing", which names no server and no cause."""
+    starts = []
+    for i in range(len(servers.worker_urls)):
+        try:
+            starts.append(Path(servers.log_path(i)).stat().st_size)
+        except OSError:
+            starts.append(0)
+    try:
+        yield
+    except BaseException as exc:
+        for note in _server_log_tails(servers, starts):
+            exc.add_note(note)
+        raise
+
+
+def with_server_logs(test):
+    """Run the test (which takes the ``servers`` fixture) inside :func:`server_logs_on_failure`."""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        with server_logs_on_failure(kwargs["servers"]):
+            return test(*args, **kwargs)
+    return wrapper
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +88,7 @@ def servers(sglang_servers, tiny_qwen2):
 
 
 @pytest.mark.timeout(600)
+@with_server_logs
 def test_tp2_pp2_push_makes_server_logprobs_equal_the_trainers(servers, model_b):
     res = launch(f"{W}:push_and_verify", world_size=4,
                  args=(model_b, servers.worker_urls, {"tp": 2, "pp": 2}, "b-1"),
@@ -58,6 +110,7 @@ def test_tp2_pp2_push_makes_server_logprobs_equal_the_trainers(servers, model_b)
 
 
 @pytest.mark.timeout(600)
+@with_server_logs
 def test_router_spreads_generation_and_samples_carry_the_pushed_version(servers, model_b):
     from dcpo_mcore.rollout import PromptInput, RolloutClient, SamplingParams
 
@@ -74,6 +127,7 @@ def test_router_spreads_generation_and_samples_carry_the_pushed_version(servers,
 
 
 @pytest.mark.timeout(900)
+@with_server_logs
 def test_killed_server_is_restarted_and_re_pushed(servers, model_b, tmp_path):
     import threading
 
@@ -111,6 +165,7 @@ def test_killed_server_is_restarted_and_re_pushed(servers, model_b, tmp_path):
 
 
 @pytest.mark.timeout(600)
+@with_server_logs
 def test_bad_buckets_wrong_url_give_one_line_errors_and_a_push_repairs(servers, model_b):
     r0 = launch(f"{W}:bad_bucket", world_size=1, args=(model_b, servers.worker_urls[0]), timeout_s=400)[0]
     expect = {"shape": "has shape [67] but the model's is [64]", "dtype": "has dtype int64",
@@ -123,6 +178,7 @@ def test_bad_buckets_wrong_url_give_one_line_errors_and_a_push_repairs(servers, 
 
 
 @pytest.mark.timeout(600)
+@with_server_logs
 def test_incompatible_trainer_model_stops_with_one_line(servers, tmp_path):
     from dcpo_mcore.hf.tiny import make_tiny_hf_model
 

@@ -10,7 +10,7 @@ import torch
 
 from dcpo_mcore.algo.sas import PromptStats, PromptStatsStore
 from dcpo_mcore.checkpoint import CheckpointError, CheckpointManager, capture_rng_state, restore_rng_state
-from dcpo_mcore.checkpoint import comm
+from dcpo_mcore.engine import collectives as comm
 
 SHARD_BYTES = 3000
 

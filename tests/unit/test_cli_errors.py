@@ -70,7 +70,7 @@ def test_unknown_flag_is_one_line_and_exit_2(capsys, main, prog):
 
 
 def test_subcommand_errors_name_the_tool(capsys):
-    from dcpo_mcore.convert.cli import main
+    from dcpo_mcore.cli.convert import main
 
     assert main(["hf-to-mcore", "--bogus"]) == 2
     err = capsys.readouterr().err
@@ -104,9 +104,10 @@ def test_a_bug_keeps_its_traceback_and_says_where_the_log_is(tmp_path):
     script = (
         "import logging, sys\n"
         "from pathlib import Path\n"
-        "from dcpo_mcore.cli import run_reporting_errors, _log_to_file\n"
+        "from dcpo_mcore.cli import run_reporting_errors\n"
+        "from dcpo_mcore.cli.common import log_to_file\n"
         "import torch\n"
-        f"log = _log_to_file(Path({str(tmp_path / 'train.log')!r}))\n"
+        f"log = log_to_file(Path({str(tmp_path / 'train.log')!r}))\n"
         "run_reporting_errors('dcpo-train', lambda: torch.ones(2, 3) @ torch.ones(2, 3), log)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)

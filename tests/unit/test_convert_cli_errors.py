@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dcpo_mcore.convert.cli import main
+from dcpo_mcore.cli.convert import main
 from dcpo_mcore.hf.tiny import make_tiny_hf_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dcpo_mcore.convert import api
-from dcpo_mcore.convert.errors import ConvertError, VerifyError, one_line
+from dcpo_mcore.convert.errors import ConvertError, VerifyError
 from dcpo_mcore.convert.hf_io import (HfWeights, SafetensorsStreamWriter, check_weights, copy_meta_files,
                                       parse_size, plan_shards, read_safetensors_header)
 from dcpo_mcore.convert.progress import Progress
@@ -234,8 +234,3 @@ def test_progress_in_a_log_file_is_throttled():
     quiet = io.StringIO()
     Progress("x", 2, stream=quiet, enabled=False).update("a", 1)
     assert quiet.getvalue() == ""
-
-
-def test_one_line_takes_the_first_non_empty_line():
-    assert one_line(ValueError("\n  first\nsecond")) == "first"
-    assert one_line(KeyError()) == "KeyError"

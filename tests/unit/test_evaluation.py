@@ -1,4 +1,4 @@
-"""dcpo_mcore.evaluation and dcpo-eval without SGLang: a scripted fake client (its answers are chosen
+"""dcpo_mcore.eval and dcpo-eval without SGLang: a scripted fake client (its answers are chosen
 per problem and sample, so every metric is hand-computable), the in-process math verifier, and the
 stdlib fake SGLang server for the seeded client and the CLI's happy path."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dcpo_mcore.data import LoadReport, PromptDataset, PromptRecord, load_prompt_dataset
-from dcpo_mcore.evaluation import EvalSettings, evaluate, metric_label
+from dcpo_mcore.eval.evaluate import EvalSettings, evaluate, metric_label
 from dcpo_mcore.reward import MathVerifier
-from dcpo_mcore.rollout.types import FinishReason, GenerateResponse
+from dcpo_mcore.rollout.wire import FinishReason, GenerateResponse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,25 +236,25 @@ def test_evaluate_inside_a_running_loop_points_to_the_async_version():
 
 # ------------------------------------------------------------------------------------------ the real client, seeded
 @pytest.fixture()
-def fake_server(tmp_path):
+def fake_sglang(tmp_path):
     """The stdlib fake SGLang server (it honours sampling_seed: the same seed gives the same ids)."""
     pytest.importorskip("aiohttp")
     from dcpo_mcore.rollout import LaunchSpec, ServerManager
 
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    spec = LaunchSpec(model_path="fake-model", device="cpu", server_module="dcpo_mcore.rollout.fake_server",
+    spec = LaunchSpec(model_path="fake-model", device="cpu", server_module="tests.fakes.fake_sglang",
                       shutdown_grace_s=3.0, startup_timeout_s=60.0, env=env)
     with ServerManager(spec, tmp_path / "run") as manager:
         yield manager
 
 
-def test_seeded_client_gives_the_same_samples_for_the_same_seed(fake_server):
+def test_seeded_client_gives_the_same_samples_for_the_same_seed(fake_sglang):
     from dcpo_mcore.rollout import RolloutClient
 
     ds = _dataset([_record("a", "1", ids=(5, 6)), _record("b", "2", ids=(7, 8))])
 
     def run(eval_seed):
-        client = RolloutClient(fake_server, seed=11)
+        client = RolloutClient(fake_sglang, seed=11)
         res = evaluate(client, ds, MathVerifier(), EvalSettings(k=3, greedy=False, max_new_tokens=8, seed=eval_seed),
                        keep_responses=True)
         return [r.responses for r in res.rows]
@@ -266,7 +266,7 @@ def test_seeded_client_gives_the_same_samples_for_the_same_seed(fake_server):
 
 # ------------------------------------------------------------------------------------------ CLI
 def _cli(argv, capsys):
-    from dcpo_mcore.eval_cli import main
+    from dcpo_mcore.cli.eval import main
 
     code = main(argv)
     out, err = capsys.readouterr()
@@ -301,13 +301,13 @@ def test_cli_unreachable_server_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and url in err and "unreachable" in err
 
 
-def test_cli_against_the_fake_server_writes_json_and_jsonl(fake_server, tmp_path, capsys):
+def test_cli_against_the_fake_sglang_writes_json_and_jsonl(fake_sglang, tmp_path, capsys):
     from dcpo_mcore.hf.tiny import make_bpe_tokenizer
 
     make_bpe_tokenizer(tmp_path / "tok", vocab_size=300)
     data = _write_jsonl(tmp_path / "d.jsonl", _rows("toy_aime", {i: str(i) for i in range(4)}, copies=3))
     out = tmp_path / "res" / "r.json"
-    code, stdout, err = _cli(["--server-url", fake_server.worker_urls[0], "--tokenizer", str(tmp_path / "tok"),
+    code, stdout, err = _cli(["--server-url", fake_sglang.worker_urls[0], "--tokenizer", str(tmp_path / "tok"),
                               "--data", str(data), "--sample", "--max-problems", "3", "--max-new-tokens", "6",
                               "--out", str(out), "--grader-workers", "1"], capsys)
     assert code == 0, err

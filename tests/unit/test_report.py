@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dcpo_mcore.metrics import report
-from dcpo_mcore.metrics.report import main
+from dcpo_mcore.cli.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from dcpo_mcore.algo.registry import Registry
+from dcpo_mcore.errors import is_user_error
 from dcpo_mcore.reward import (
     ExactMatchVerifier,
     MathVerifier,
@@ -19,7 +21,11 @@ from dcpo_mcore.reward import verifiers as verifiers_module
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Let a test register names without leaking them into the process-wide registry."""
-    monkeypatch.setattr(verifiers_module, "_VERIFIERS", dict(verifiers_module._VERIFIERS))
+    live = verifiers_module._VERIFIERS
+    scratch = Registry(live.kind, error=live.error)
+    for name in live:
+        scratch.register(name, live.get(name))
+    monkeypatch.setattr(verifiers_module, "_VERIFIERS", scratch)
 
 
 def test_builtin_names():
@@ -39,6 +45,7 @@ def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="unknown verifier 'maths'") as info:
         get_verifier("maths")
     assert "exact_match" in str(info.value) and "math" in str(info.value)
+    assert is_user_error(info.value)  # a config's typo: one line, no traceback
 
 
 def test_duplicate_registration_raises(scratch_registry):

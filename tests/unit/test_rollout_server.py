@@ -1,4 +1,4 @@
-"""ServerManager with the stdlib fake server (dcpo_mcore.rollout.fake_server) in real subprocesses:
+"""ServerManager with the stdlib fake server (tests/fakes/fake_sglang.py) in real subprocesses:
 health waiting, log files, port collisions, launch failures with the log tail, restart of a dead
 server, shutdown of only our own process groups, and the server command line (CPU/GPU flags)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dcpo_mcore.rollout.ports import PORTS, PortAllocator
 from dcpo_mcore.rollout.server import CPU_SERVER_ARGS, build_server_command
 from tests.proc_helpers import running as _alive
 
-FAKE = "dcpo_mcore.rollout.fake_server"
+FAKE = "tests.fakes.fake_sglang"
 REPO = Path(__file__).resolve().parents[2]
 
 

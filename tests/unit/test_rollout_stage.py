@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from dcpo_mcore.rollout import SamplingParams
-from dcpo_mcore.rollout.types import GenerateResponse
-from dcpo_mcore.train.rollout_stage import RolloutSettings, RolloutStage, RolloutStepError
+from dcpo_mcore.rollout.wire import GenerateResponse
+from dcpo_mcore.trainer.rollout_stage import RolloutSettings, RolloutStage, RolloutStepError
 
 
 @dataclass

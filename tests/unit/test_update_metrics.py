@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dcpo_mcore.algo import clip_ratios
-from dcpo_mcore.train.update_stage import _update_metrics
+from dcpo_mcore.trainer.update_stage import _update_metrics
 
 
 def _optimizer_step(per_micro: torch.Tensor) -> dict[str, float]:
@@ -53,7 +53,7 @@ def test_mismatch_bound_is_the_configured_one():
     from types import SimpleNamespace
 
     from dcpo_mcore.config import load_config
-    from dcpo_mcore.train.update_stage import _mismatch_metrics
+    from dcpo_mcore.trainer.update_stage import _mismatch_metrics
 
     batch = SimpleNamespace(sampler_logprobs=[[-1.0, -2.0], [-0.5]])
     trainer = [torch.tensor([-1.1, -2.1]), torch.tensor([-0.6])]  # |diff| 0.1 everywhere

@@ -290,7 +290,7 @@ def _evaluator(cfg: TrainConfig, client, pool, tokenizer) -> Callable[[int], dic
     """Periodic held-out evaluation (greedy Avg@1) on ``data.eval_files``; None when there are none."""
     if not cfg.data.eval_files or not cfg.eval_interval:
         return None
-    from dcpo_mcore.evaluation import EvalSettings, evaluate
+    from dcpo_mcore.eval import EvalSettings, evaluate
 
     datasets = [_load_prompts(cfg, [f], tokenizer) for f in cfg.data.eval_files]
     settings = EvalSettings(k=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)

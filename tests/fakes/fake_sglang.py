@@ -8,7 +8,7 @@ drawn from a seeded RNG, fake logprobs, n, max_new_tokens, stop_token_ids, input
 ``/flush_cache``. It is NOT a model: outputs carry no meaning.
 
 Run like the real server (unknown flags are ignored):
-``python -m dcpo_mcore.rollout.fake_server --model-path M --host 127.0.0.1 --port P``. Fault
+``python -m tests.fakes.fake_sglang --model-path M --host 127.0.0.1 --port P``. Fault
 injection: ``--startup-delay S`` (before binding, like ``import sglang``), ``--fail-first K`` (the
 first K /generate answer HTTP 500), ``--die-after K`` (the process exits while handling the K-th
 /generate, like a crash mid-rollout; with ``--die-once-file F`` only if F does not exist yet, and it

@@ -1,4 +1,4 @@
-"""``dcpo-convert``: HF <-> Megatron (torch_dist) checkpoint conversion. Parse, call :mod:`.api`, report.
+"""``dcpo-convert``: HF <-> Megatron (torch_dist) checkpoint conversion. Parse, call :mod:`dcpo_mcore.convert.api`, report.
 
 Exit codes: 0 ok; 1 a self-check failed (--verify, --check-logprobs, check-logprobs); 2 bad input
 (arguments, missing files, unsupported architecture, layout, corrupt checkpoint); 3 a rank crashed or
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..argparsing import OneLineErrorParser
+from .common import OneLineErrorParser
 
 _EPILOG = """examples:
   dcpo-convert hf-to-mcore --hf Qwen2.5-7B --out ckpt/qwen7b --tp 2 --pp 2 --verify --check-logprobs
@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args) -> None:
-    from . import api
-    from .hf_io import parse_size
+    from dcpo_mcore.convert import api
+    from dcpo_mcore.convert.hf_io import parse_size
 
     run = api.RunOptions(timeout_s=args.timeout or None, progress=not args.quiet)
     given = None if args.tp is None and args.pp is None and args.vpp is None else \
@@ -94,7 +94,7 @@ def _dispatch(args) -> None:
 
 
 def _lp(api, args):
-    from .errors import ConvertError
+    from dcpo_mcore.convert.errors import ConvertError
 
     if args.num_seqs < 1 or args.seq_len < 1 or not args.tol >= 0:
         raise ConvertError("--num-seqs and --seq-len must be >= 1 and --tol >= 0")
@@ -106,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return int(exc.code or 0)
-    from .errors import ConvertError, RankCrash, VerifyError, one_line
+    from dcpo_mcore.convert.errors import ConvertError, RankCrash, VerifyError
+    from dcpo_mcore.errors import one_line
 
     try:
         _dispatch(args)
     except (ConvertError, VerifyError, RankCrash) as exc:
-        print(f"dcpo-convert: error: {one_line(exc)}", file=sys.stderr)
+        print(f"dcpo-convert: error: {one_line(exc, None)}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # e.g. no permission or no space for the output
         print(f"dcpo-convert: error: {exc}", file=sys.stderr)

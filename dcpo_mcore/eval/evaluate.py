@@ -53,10 +53,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from dcpo_mcore.metrics.progress import format_duration
-from dcpo_mcore.rollout.types import GenerateResponse, SamplingParams
+
+if TYPE_CHECKING:  # the wire models load pydantic (~0.4 s): dcpo-eval --help and its input checks do without
+    from dcpo_mcore.rollout.wire import GenerateResponse, SamplingParams
 
 __all__ = ["EvalResult", "EvalSettings", "ProblemResult", "dataset_name", "evaluate", "evaluate_async",
            "metric_label", "plan_problems", "summarize"]
@@ -93,6 +95,8 @@ class EvalSettings:
 
     def sampling_params(self) -> SamplingParams:
         """What every request carries: greedy (temperature 0) or the paper's T=1.0, top_p=1.0."""
+        from dcpo_mcore.rollout.wire import SamplingParams
+
         temperature = 0.0 if self.greedy else 1.0
         return SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, max_new_tokens=self.max_new_tokens)
 

@@ -2,7 +2,7 @@
 import pytest
 from pydantic import ValidationError
 
-from dcpo_mcore.rollout.types import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest,
+from dcpo_mcore.rollout.wire import (BeginWeightUpdateRequest, DestroyWeightsUpdateGroupRequest,
                                       EndWeightUpdateRequest, GenerateRequest, GenerateResponse,
                                       InitWeightsUpdateGroupRequest, SamplingParams,
                                       UpdateWeightsFromDistributedRequest, UpdateWeightVersionRequest)

@@ -1,7 +1,7 @@
 """THE loop: rollout -> reward -> advantages -> train -> sync -> checkpoint -> log (docs/architecture.md [data-flow]).
 
 Every trainer rank runs this function; rank 0 talks to SGLang and the graders, and the stages
-share their results (train/). What each call does:
+(rollout_stage.py, update_stage.py) share their results. What each call does:
 
     t.rollout.collect(step)   1-3  prompts from the cursor, n samples each from SGLang (sampler log-probs
                                    and weight_version kept; stale groups re-pushed and regenerated; DAPO
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from dcpo_mcore.config import TrainConfig
-from dcpo_mcore.train import build_trainer, update_policy
+from .setup import build_trainer
+from .update_stage import update_policy
 
 PREEMPTED_MARKER = "PREEMPTED"
 

@@ -28,6 +28,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.fakes.json_http import send_json
+
 __all__ = ["main"]
 
 
@@ -87,12 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
               flush=True)
 
     def _send(self, status: int, payload) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, payload)
 
     def _body(self) -> dict:
         n = int(self.headers.get("Content-Length") or 0)

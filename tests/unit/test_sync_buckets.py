@@ -79,12 +79,12 @@ def test_local_servers_are_reached_over_loopback():
 # --------------------------------------------------------------------------- the buffer pool
 
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from dcpo_mcore.sync.buckets import BufferPool
+from tests.fakes.json_http import send_json
 
 
 def _mixed_tensors():
@@ -317,12 +317,7 @@ class _FakeSGLang(BaseHTTPRequestHandler):
             status, body = self.health_status, {}
         else:
             status, body = 404, {}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, *args):
         pass

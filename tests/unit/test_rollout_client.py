@@ -14,6 +14,7 @@ pytest.importorskip("aiohttp")
 
 from dcpo_mcore.rollout import (ClientOptions, GenerationAborted, PromptInput, RequestRejected,  # noqa: E402
                                 RolloutClient, SamplingParams, ServerUnreachable, derive_seed)
+from tests.fakes.json_http import send_json  # noqa: E402
 
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05)
 
@@ -74,12 +75,7 @@ class Scripted:
                         outer.inflight -= 1
 
             def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -197,11 +193,22 @@ def test_concurrency_is_bounded(scripted):
 def test_abort_cancels_everything_in_flight(scripted):
     srv = scripted(lambda call, body: ("ok", 5.0))
     client = RolloutClient(srv.url, ClientOptions(max_concurrency=4))
-    threading.Timer(0.5, client.abort).start()
-    t0 = time.monotonic()
+    aborted_at: list[float] = []
+
+    def abort_once_all_four_are_in_flight():
+        # Not a fixed delay: on a loaded machine the fourth request may reach the server after it, and
+        # its rid would then be aborted without ever having been received (a race of the test, not the
+        # client). The abort comes once the server holds all four requests.
+        deadline = time.monotonic() + 20
+        while len(srv.bodies) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        aborted_at.append(time.monotonic())
+        client.abort()
+
+    threading.Thread(target=abort_once_all_four_are_in_flight, daemon=True).start()
     with pytest.raises(GenerationAborted, match="0 of 8"):
         client.generate_sync([[i] for i in range(8)], SP)
-    assert time.monotonic() - t0 < 4.0  # long before the first answer (5 s)
+    assert len(srv.bodies) == 4 and time.monotonic() - aborted_at[0] < 4.0  # long before any answer (5 s)
     deadline = time.monotonic() + 20
     while len(srv.aborted) < 4 and time.monotonic() < deadline:  # the in-flight rids were aborted
         time.sleep(0.05)

@@ -47,7 +47,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +135,9 @@ def _rank_main(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = dist.TCPStore("127.0.0.1", spec["port"], world + 1, is_master=False, timeout=timedelta(seconds=300))
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=300))
+    from dcpo_mcore.local_ranks import join_rendezvous
+
+    join_rendezvous(spec["port"], rank, world, "gloo", 300)
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world)
@@ -205,10 +205,9 @@ def _rank_main(spec: dict) -> dict:
 
 def _run_pair(spec: dict, tp: int, extra_env: dict, timeout_s: float) -> list[dict]:
     """Run ``_rank_main(spec)`` in ``tp`` fresh processes; return their results in rank order."""
-    import torch.distributed as dist
+    from dcpo_mcore.local_ranks import host_rendezvous
 
-    store = dist.TCPStore("127.0.0.1", 0, tp + 1, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout_s))
+    store = host_rendezvous(tp, timeout_s)
     with tempfile.TemporaryDirectory(prefix="bench_loss_") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(dict(spec, port=store.port)))

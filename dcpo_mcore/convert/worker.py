@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import traceback
-from datetime import timedelta
 from pathlib import Path
 
 from dcpo_mcore.rank_diagnostics import arm, mark
@@ -155,17 +154,13 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
 def _init_process_group(job: dict, rank: int) -> None:
     import torch
-    import torch.distributed as dist
 
-    timeout = timedelta(seconds=job.get("pg_timeout_s", 1800))
-    mark(f"joining the rendezvous at 127.0.0.1:{job['store_port']}")
-    store = dist.TCPStore("127.0.0.1", job["store_port"], job["world_size"] + 1, is_master=False,
-                          timeout=timeout)
+    from dcpo_mcore.local_ranks import join_rendezvous
+
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend, store=store, rank=rank, world_size=job["world_size"], timeout=timeout)
-    mark(f"process group of {job['world_size']} ranks ready ({backend})")
+    join_rendezvous(job["store_port"], rank, job["world_size"], backend, job.get("pg_timeout_s", 1800))
 
 
 def main(argv: list[str]) -> int:

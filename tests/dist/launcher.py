@@ -8,8 +8,9 @@ Usage (from a test)::
     # results[r] is what check(37) returned on rank r
 
 The target is a ``"module:function"`` string (or a module-level function, which is turned into one).
-Each rank is a fresh ``python`` subprocess (not a fork, so nothing of the parent's state leaks in and
-the parent's ``__main__`` is never re-imported). Before the target is called in a rank:
+The ranks are started and supervised by :mod:`dcpo_mcore.local_ranks` (docs/architecture.md
+[conv-fresh-ranks]): each is a fresh ``python`` subprocess (not a fork, so nothing of the parent's state
+leaks in and the parent's ``__main__`` is never re-imported). Before the target is called in a rank:
 
 * the default process group is initialised (backend ``gloo`` unless told otherwise) through a
   ``TCPStore`` that the *launcher* process owns for the whole launch: its port is picked by the OS
@@ -42,33 +43,21 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from dcpo_mcore.rank_diagnostics import arm, dump_stacks, last_line, mark
+from dcpo_mcore.local_ranks import REPO_ROOT, LocalRanks, Supervision, host_rendezvous, join_rendezvous, rank_env
+from dcpo_mcore.rank_diagnostics import arm, mark
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _SPEC_FILE = "spec.pkl"
 
 
 class DistLaunchError(RuntimeError):
     """A multi-process launch failed: a rank raised, died, or the launch timed out."""
-
-
-@dataclass
-class _Rank:
-    rank: int
-    proc: subprocess.Popen
-    log_path: Path
-    result_path: Path
 
 
 def _target_name(target: str | Callable) -> str:
@@ -92,23 +81,9 @@ def _tail(path: Path, max_chars: int) -> str:
     return text if len(text) <= max_chars else "...\n" + text[-max_chars:]
 
 
-def _kill(ranks: list[_Rank]) -> None:
-    for r in ranks:
-        if r.proc.poll() is None:
-            try:
-                os.killpg(r.proc.pid, signal.SIGKILL)  # the rank and anything it started
-            except (ProcessLookupError, PermissionError):
-                r.proc.kill()
-    for r in ranks:
-        try:
-            r.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _read_result(r: _Rank):
+def _read_result(path: Path):
     try:
-        with open(r.result_path, "rb") as f:
+        with open(path, "rb") as f:
             return pickle.load(f)
     except FileNotFoundError:
         return None
@@ -147,87 +122,55 @@ def launch(
     Raises:
         DistLaunchError: a rank raised or died, or the timeout passed.
     """
-    import torch.distributed as dist  # the launcher process hosts the rendezvous store
-
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     name = _target_name(target)
     tmp = Path(tempfile.mkdtemp(prefix="dist_launch_"))
-    store = dist.TCPStore(
-        "127.0.0.1", 0, world_size + 1, is_master=True, wait_for_workers=False,
-        timeout=timedelta(seconds=max(timeout_s, 1.0)),
-    )
+    store = host_rendezvous(world_size, timeout_s)  # the launcher process hosts the rendezvous store
     spec = {"target": name, "args": tuple(args), "kwargs": dict(kwargs or {}), "backend": backend,
             "num_threads": num_threads, "timeout_s": timeout_s, "port": store.port}
     with open(tmp / _SPEC_FILE, "wb") as f:
         pickle.dump(spec, f)
+    rank_vars = dict(rank_env(os.environ, world_size, threads=num_threads), MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(store.port))
+    rank_vars.update(env or {})
 
-    base_env = dict(os.environ)
-    base_env.update({
-        "OMP_NUM_THREADS": str(num_threads), "MKL_NUM_THREADS": str(num_threads),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(world_size),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-        "PYTHONUNBUFFERED": "1",
-    })
-    base_env.update(env or {})
-
-    ranks: list[_Rank] = []
+    ranks = LocalRanks([], [])
     start = time.monotonic()
     try:
-        for rank in range(world_size):
-            rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))
-            log_path = tmp / f"rank{rank}.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "tests.dist.launcher", str(tmp), str(rank)],
-                    env=rank_env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own process group, so a kill reaches its children
-                )
-            ranks.append(_Rank(rank, proc, log_path, tmp / f"rank{rank}.result"))
-        return _supervise(ranks, world_size, name, start, timeout_s, grace_s, log_tail_chars)
+        ranks = LocalRanks.start(lambda r: [sys.executable, "-m", "tests.dist.launcher", str(tmp), str(r)],
+                                 world_size, rank_vars, tmp, cwd=REPO_ROOT)
+        outcome = ranks.supervise(timeout_s, grace_s)
+        ranks.kill()  # survivors of a failure, after their grace period
+        return _results(ranks, outcome, tmp, name, start, timeout_s, log_tail_chars)
     finally:
-        _kill(ranks)
+        ranks.kill()
         del store
         for p in sorted(tmp.iterdir(), reverse=True):
             p.unlink(missing_ok=True)
         tmp.rmdir()
 
 
-def _supervise(ranks, world_size, name, start, timeout_s, grace_s, tail_chars) -> list[Any]:
-    deadline = start + timeout_s
-    first_failure_at = None
-    while True:
-        running = [r for r in ranks if r.proc.poll() is None]
-        failed = [r for r in ranks if r.proc.poll() not in (None, 0)]
-        if failed and first_failure_at is None:
-            first_failure_at = time.monotonic()
-        if not running:
-            break
-        now = time.monotonic()
-        if now >= deadline:
-            dump_stacks([r.proc.pid for r in running])  # each stuck rank writes its stacks to its log
-            _kill(ranks)
-            stuck = [r.rank for r in running]
-            where = "; ".join(last_line(r.log_path, r.rank) for r in running)
-            raise DistLaunchError(
-                f"{name} on {world_size} ranks timed out after {timeout_s:.0f} s; ranks {stuck} had not "
-                f"finished (hung collective or deadlock?) and all ranks were killed ({where}). Their "
-                f"Python stacks at the timeout are in the logs below." + _logs(ranks, tail_chars)
-            )
-        if first_failure_at is not None and now - first_failure_at >= grace_s:
-            _kill(ranks)
-            break
-        time.sleep(0.05)
-
+def _results(ranks: LocalRanks, outcome: Supervision, tmp: Path, name: str, start: float, timeout_s: float,
+             tail_chars: int) -> list[Any]:
+    world_size = len(ranks.procs)
+    if outcome.timed_out:
+        raise DistLaunchError(
+            f"{name} on {world_size} ranks timed out after {timeout_s:.0f} s; ranks {outcome.stuck} had not "
+            f"finished (hung collective or deadlock?) and all ranks were killed ({outcome.where}). Their "
+            f"Python stacks at the timeout are in the logs below." + _logs(ranks, tail_chars)
+        )
+    failed = any(p.returncode not in (None, 0) for p in ranks.procs)
     problems, values = [], []
-    for r in ranks:
-        result = _read_result(r)
-        code = r.proc.returncode
+    for rank, proc in enumerate(ranks.procs):
+        result = _read_result(tmp / f"rank{rank}.result")
+        code = proc.poll()
         if result is None:
-            how = f"killed after another rank failed (exit {code})" if code in (-9, -15) and failed else f"died without a result (exit code {code})"
-            problems.append(f"rank {r.rank}: {how}")
+            how = (f"killed after another rank failed (exit {code})" if code in (-9, -15) and failed
+                   else f"died without a result (exit code {code})")
+            problems.append(f"rank {rank}: {how}")
         elif result[0] == "error":
-            problems.append(f"rank {r.rank} raised:\n{result[1]}")
+            problems.append(f"rank {rank} raised:\n{result[1]}")
         else:
             values.append(result[1])
     if problems:
@@ -238,8 +181,8 @@ def _supervise(ranks, world_size, name, start, timeout_s, grace_s, tail_chars) -
     return values
 
 
-def _logs(ranks: list[_Rank], tail_chars: int) -> str:
-    return "".join(f"\n--- rank {r.rank} output (tail) ---\n{_tail(r.log_path, tail_chars)}" for r in ranks)
+def _logs(ranks: LocalRanks, tail_chars: int) -> str:
+    return "".join(f"\n--- rank {r} output (tail) ---\n{_tail(log, tail_chars)}" for r, log in enumerate(ranks.logs))
 
 
 def _worker_main(tmp: str, rank: int) -> int:
@@ -257,13 +200,9 @@ def _worker_main(tmp: str, rank: int) -> int:
         import torch.distributed as dist
 
         torch.set_num_threads(spec["num_threads"])
-        world_size = int(os.environ["WORLD_SIZE"])
-        timeout = timedelta(seconds=max(spec["timeout_s"], 1.0))
-        mark(f"joining the rendezvous at 127.0.0.1:{spec['port']}")
-        store = dist.TCPStore("127.0.0.1", spec["port"], world_size + 1, is_master=False, timeout=timeout)
-        dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=world_size, timeout=timeout)
+        join_rendezvous(spec["port"], rank, int(os.environ["WORLD_SIZE"]), spec["backend"], spec["timeout_s"])
         initialised = True
-        mark(f"process group of {world_size} ranks ready ({spec['backend']}); running {spec['target']}")
+        mark(f"running {spec['target']}")
         module_name, fn_name = spec["target"].split(":", 1)
         fn = getattr(importlib.import_module(module_name), fn_name)
         payload = pickle.dumps(("ok", fn(*spec["args"], **spec["kwargs"])))

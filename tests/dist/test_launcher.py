@@ -41,7 +41,8 @@ def test_a_hung_collective_is_killed_at_the_timeout(tmp_path):
     assert time.monotonic() - start < 8 + 15
     # A hang says where it was: each rank's last progress line, then its Python stack at the timeout.
     msg = str(err.value)
-    assert "rank 0: process group of 2 ranks ready (gloo); running tests.dist.vocab_parallel_worker" in msg
+    assert "rank 0: running tests.dist.vocab_parallel_worker:hang_or_raise" in msg  # its last line
+    assert "rank 1: process group of 2 ranks ready (gloo)" in msg
     stacks = msg.split("--- rank 1 output")
     assert "in hang_or_raise" in stacks[0] and "in hang_or_raise" in stacks[1]
     assert "barrier" in stacks[1]  # rank 1 was waiting in the barrier rank 0 never joins

@@ -5,7 +5,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "dcpo_mcore"
 # convert/ is checkpoint work (it writes and reads megatron dist checkpoints), so it shares that room.
-PARALLEL_ROOMS = {"engine", "sync", "checkpoint", "ops", "convert"}
+# local_ranks.py hosts and joins the rendezvous store of the local multi-rank launcher.
+PARALLEL_ROOMS = {"engine", "sync", "checkpoint", "ops", "convert", "local_ranks.py"}
 ALGO_FORBIDDEN = ("torch.distributed", "megatron", "sglang", "pydantic")
 PARALLEL_MODULES = ("torch.distributed", "megatron")
 

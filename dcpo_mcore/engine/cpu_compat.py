@@ -19,9 +19,9 @@ makes those call sites behave on CPU:
    tagged `sequence_parallel=True`, so `finalize_model_grads` all-reduces their grads across TP.
 
 Apply it once per process with `apply_cpu_compat()`, only when no CUDA device is present, BEFORE any
-model or optimizer is built. Supported: megatron-core 0.16.1 (required; tested). Later versions (0.17+,
-Python >= 3.12) keep the same call sites as far as we know; `apply_cpu_compat` warns on an untested
-version instead of failing, and the direct tests in tests/ catch a break.
+model or optimizer is built. Tested on both supported stacks, megatron-core 0.16.1 (Python 3.11) and 0.19.2
+(Python 3.12), whose patched call sites are the same; `apply_cpu_compat` warns on another version instead
+of failing, and the direct tests (tests/dist/test_cpu_compat.py, run on both stacks) catch a break.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
-TESTED_MEGATRON_VERSIONS = ("0.16.1",)
+TESTED_MEGATRON_VERSIONS = ("0.16.1", "0.19.2")  # requirements/cpu.txt, requirements/py312.txt
 _CPU = torch.device("cpu")
 _state = threading.local()
 _applied = False
@@ -250,7 +250,8 @@ def apply_cpu_compat(force: bool = False) -> bool:
         if not _applied:
             import megatron.core
 
-            version = getattr(megatron.core, "__version__", "unknown")
+            # 0.19's __version__ can carry a local suffix ("0.19.2+<git hash>"): compare the release.
+            version = str(getattr(megatron.core, "__version__", "unknown")).split("+")[0]
             if version not in TESTED_MEGATRON_VERSIONS:
                 log.warning("cpu_compat: megatron-core %s is untested (tested: %s)", version,
                             ", ".join(TESTED_MEGATRON_VERSIONS))

@@ -4,7 +4,7 @@ The optimizer is always saved in the ``fully_reshardable`` format, so a checkpoi
 TP x PP x DP (x VPP) layout loads at any other with the same optimizer kind (distributed or not; the
 two kinds store different formats, so switching kind is refused with a clear error).
 
-Two upstream bugs of megatron-core 0.16.1 (still in 0.19.2) hit the distributed optimizer with the torch
+Two upstream bugs of megatron-core 0.16.1 (still in 0.19.2: the tests below fail without the guards on both stacks) hit the distributed optimizer with the torch
 AdamW fallback (no TE / apex) and are guarded here (docs/platform.md [dist-optimizer-checkpoint]):
 
 1. ``KeyError: 'step'`` on load. (a) ``DistributedOptimizer.state_dict()`` asserts that exactly one

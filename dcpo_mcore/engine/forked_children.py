@@ -1,7 +1,9 @@
 """Processes forked inside :func:`die_with_this_thread` are killed by the kernel when the forking thread dies.
 
-Why: megatron's synchronous ``torch_dist`` save forks one writer process per write bucket
+Why: megatron-core 0.16's synchronous ``torch_dist`` save forks one writer process per write bucket
 (``FileSystemWriterAsync.write_preloaded_data_multiproc``, "fork" context) and joins them before it returns.
+(0.19 writes from threads of the saving process instead, which die with it; the guard then has nothing
+to do.)
 A trainer SIGKILLed during a save (OOM killer, ``kill -9``, a node agent) never joins them: a writer is
 re-parented to init and sleeps for ever on a lock copied from the dead parent, still holding the run's open
 files (metrics.jsonl, the job's stdout), so a launcher waiting on those never finishes.

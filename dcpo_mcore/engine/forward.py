@@ -1,6 +1,7 @@
 """The one forward-step adapter handed to megatron's ``get_forward_backward_func``, and result collection.
 
-Loss scaling contract (megatron-core 0.16.1, ``schedules.forward_step_calc_loss`` and DDP):
+Loss scaling contract (megatron-core 0.16.1 and 0.19.2 alike, ``schedules.forward_step_calc_loss`` and
+DDP; the layout-invariance tests check it on both stacks):
 
 * The engine sets ``config.calculate_per_token_loss = True``. With a 3-tuple ``(loss, num_tokens,
   metrics)`` from the loss function, the schedule then neither divides the loss by ``num_tokens`` nor

@@ -20,7 +20,7 @@ from .layout import ParallelLayout, Precision
 
 log = logging.getLogger(__name__)
 
-# megatron-core 0.16.1 hard-codes these Llama-3 RoPE scaling constants; only the factor is configurable.
+# megatron-core (0.16.1 and 0.19.2 alike) hard-codes these Llama-3 RoPE scaling constants; only the factor is configurable.
 _MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 

@@ -103,14 +103,24 @@ class LaunchSpec:
 
 
 def default_server_python() -> str:
-    """This interpreter when it has sglang (the CPU setup installs it into .venv); else the GPU setup's
-    separate ``.venv-sglang`` at the repository root (full sglang pins its own CUDA torch)."""
+    """The interpreter SGLang servers and the router run under, first of: this one when it has sglang
+    (the CPU setup of .venv installs it there); the GPU setup's separate ``.venv-sglang`` (full sglang
+    pins its own CUDA torch); the repository's ``.venv`` when it has sglang (so the Python 3.12 stack,
+    ``.venv312``, serves from the 3.11 venv: trainer and server share only HTTP and a
+    torch.distributed group, docs/guide.md "Two supported stacks"). Else this one, whose missing
+    sglang the launch then reports."""
     import importlib.util
 
     if importlib.util.find_spec("sglang") is not None:
         return sys.executable
-    separate = Path(__file__).resolve().parents[2] / ".venv-sglang" / "bin" / "python"
-    return str(separate) if separate.exists() else sys.executable
+    root = Path(__file__).resolve().parents[2]
+    separate = root / ".venv-sglang" / "bin" / "python"
+    if separate.exists():
+        return str(separate)
+    default_venv = root / ".venv"
+    if (default_venv / "bin" / "python").exists() and any(default_venv.glob("lib/python3*/site-packages/sglang")):
+        return str(default_venv / "bin" / "python")
+    return sys.executable
 
 
 def _cuda_available() -> bool:
@@ -254,7 +264,7 @@ class ServerManager:
         spec = self.spec
         self._on_cpu = spec.device == "cpu" or (spec.device == "auto" and not _cuda_available())
         if self._on_cpu and spec.server_module == SGLANG_SERVER_MODULE:
-            check_sglang_version(_installed_version(spec.python, "sglang"))
+            check_sglang_version(installed_version(spec.python, "sglang"))
         _LIVE.add(self)
         self._started = True
         try:
@@ -593,7 +603,7 @@ def _log_death_tail(slot: _Slot, lines: int = 25) -> None:
                     tail)
 
 
-def _installed_version(python: str, dist: str) -> str | None:
+def installed_version(python: str, dist: str) -> str | None:
     """Version of ``dist`` in the interpreter ``python`` (this one without a subprocess)."""
     if os.path.abspath(python) == os.path.abspath(sys.executable):  # not realpath: venvs symlink
         try:

@@ -12,7 +12,9 @@ every optimizer step, the weights pushed into the real server, and the checkpoin
 Kill POINTs: rollout (after the cursor advanced for step STEP, before its batch is complete), update
 (inside the first optimizer step of step STEP), sync (inside the weight push after step STEP), save
 (inside checkpoint STEP, every file written, before the rename that publishes it), writers (checkpoint
-STEP's forked megatron file writer SIGKILLs the trainer mid-write, then dawdles). The production code
+STEP's megatron file writer SIGKILLs the trainer mid-write, then dawdles: megatron-core 0.16 forks
+writer processes, whose leftovers must die with the trainer; 0.19 writes from threads of the trainer,
+which the kill ends at once). The production code
 is unchanged: hooks are monkeypatches in this process, and the kill is a real SIGKILL.
 """
 from __future__ import annotations
@@ -118,10 +120,12 @@ def install_kill(point: str, step: int) -> None:
             _saving[0] = s  # copied into the writer processes megatron forks during this save
             return orig_save(self, s, *args, **kwargs)
 
-        def write_preloaded_data(*args, **kwargs):  # runs in a forked writer process
+        trainer_pid = os.getpid()  # a forked writer's copy still names the trainer, not itself
+
+        def write_preloaded_data(*args, **kwargs):  # a forked writer process (0.16) or a writer thread (0.19)
             if _saving[0] == step and kwargs.get("local_proc_idx", 0) == 0:
                 print(f"[kill_trainer] SIGKILL to the trainer from its checkpoint writer, step {step}", flush=True)
-                os.kill(os.getppid(), signal.SIGKILL)
+                os.kill(trainer_pid, signal.SIGKILL)
                 import time
                 time.sleep(120)  # a slow write: without the fork hook this process outlives the trainer
             return orig_write(*args, **kwargs)

@@ -2,14 +2,15 @@
 CPU compatibility shim when there is no GPU) on a tiny local Qwen2, once per session: two workers
 behind a real sglang-router. Single-server tests address worker 0 directly.
 
-Skipped, with the reason, when sglang is not installed in the running venv
-(``bash tools/setup_sglang.sh .venv`` installs it).
+Skipped, with the reason, when the interpreter the servers run under (``default_server_python``: this
+venv, or ``.venv`` for the Python 3.12 stack) lacks the pinned sglang (``bash tools/setup_env.sh``
+installs it).
 """
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -18,24 +19,19 @@ import pytest
 from dcpo_mcore.rollout.pins import SGLANG_ROUTER_VERSION, SGLANG_VERSION
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def sglang_skip_reason() -> str | None:
     """Why the real-SGLang tests cannot run here (None = they can)."""
-    fix = "run `bash tools/setup_sglang.sh .venv`"
-    if importlib.util.find_spec("sglang") is None:
-        return f"sglang is not installed in this venv ({fix})"
-    if _version("sglang") != SGLANG_VERSION:
-        return f"sglang {_version('sglang')} is installed but {SGLANG_VERSION} is pinned ({fix})"
-    if importlib.util.find_spec("sglang_router") is None or _version("sglang-router") != SGLANG_ROUTER_VERSION:
-        return f"sglang-router {SGLANG_ROUTER_VERSION} is not installed ({fix})"
+    from dcpo_mcore.rollout.server import default_server_python, installed_version
+
+    fix = "run `bash tools/setup_env.sh`"
+    python = default_server_python()
+    where = "this venv" if python == sys.executable else python
+    if installed_version(python, "sglang") != SGLANG_VERSION:
+        return f"sglang {SGLANG_VERSION} is not installed in {where} ({fix})"
+    if installed_version(python, "sglang-router") != SGLANG_ROUTER_VERSION:
+        return f"sglang-router {SGLANG_ROUTER_VERSION} is not installed in {where} ({fix})"
     if importlib.util.find_spec("aiohttp") is None:
-        return f"aiohttp is not installed ({fix})"
+        return f"aiohttp (the rollout client's transport) is not installed in this venv ({fix})"
     return None
 
 

@@ -40,14 +40,14 @@ VOLATILE = ("timing/", "perf/tokens_per_second", "sync/seconds", "sync/gbps", "s
 def _teach(model_dir: Path, train_file: Path, steps: int = 150) -> None:
     """A few seconds of supervised training in plain transformers, so sampling at T=1 is right
     some of the time (a random model never writes \\boxed{}, and every reward would be -1)."""
-    import pandas as pd
+    import pyarrow.parquet as pq
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    rows = pd.read_parquet(train_file)
-    texts = [(r["prompt"][-1]["content"], f"\\boxed{{{r['reward_model']['ground_truth']}}}") for _, r in rows.iterrows()]
+    rows = pq.read_table(train_file).to_pylist()
+    texts = [(r["prompt"][-1]["content"], f"\\boxed{{{r['reward_model']['ground_truth']}}}") for r in rows]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()

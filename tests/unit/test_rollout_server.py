@@ -201,7 +201,7 @@ def test_server_command_lines():
 def test_cpu_launch_refuses_an_unpinned_sglang(tmp_path, monkeypatch):
     import dcpo_mcore.rollout.server as server
 
-    monkeypatch.setattr(server, "_installed_version", lambda python, dist: "0.4.0")
+    monkeypatch.setattr(server, "installed_version", lambda python, dist: "0.4.0")
     with pytest.raises(RuntimeError, match="tied to sglang==0.5.23, but sglang==0.4.0 is installed"):
         ServerManager(_spec(server_module="sglang.launch_server"), tmp_path).start()
 

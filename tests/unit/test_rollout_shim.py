@@ -103,9 +103,9 @@ def test_setup_script_needs_an_existing_venv(tmp_path):
     assert out.returncode == 1 and "no venv at" in out.stderr and "setup_env.sh" in out.stderr
 
 
-def test_lean_requirements_hold_no_cuda_or_torch_and_agree_with_cpu_txt():
+def test_lean_requirements_hold_no_cuda_or_torch_and_agree_with_base_txt():
     lean = _requirements(REPO / "requirements" / "sglang-cpu.txt")
-    cpu = _requirements(REPO / "requirements" / "cpu.txt")
+    cpu = _requirements(REPO / "requirements" / "base.txt")  # transformers, shared by both stacks
     assert not set(lean) & EXCLUDED
     assert not [n for n in lean if n.startswith(("nvidia-", "sgl-", "torch")) and n != "nvidia-ml-py"]
     assert "aiohttp" in lean  # the rollout client's transport

@@ -191,7 +191,7 @@ def _corrupt_copy(ckpt: Path, dst: Path, how: str) -> Path:
         f = dst / "__1_0.distcp"
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     elif how == "deleted_shard":
-        (dst / "__0_1.distcp").unlink()
+        (dst / "__0_0.distcp").unlink()  # every rank writes __R_0 (0.16 also __R_1, 0.19 does not)
     elif how == "no_megatron_metadata":
         (dst / "metadata.json").unlink()
     elif how == "no_dcpo_metadata":
@@ -202,7 +202,7 @@ def _corrupt_copy(ckpt: Path, dst: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how,match", [
-    ("truncated", "is truncated: __1_0.distcp"), ("deleted_shard", "is incomplete: __0_1.distcp is missing"),
+    ("truncated", "is truncated: __1_0.distcp"), ("deleted_shard", "is incomplete: __0_0.distcp is missing"),
     ("no_megatron_metadata", "no readable metadata.json"), ("no_dcpo_metadata", "neither a dcpo-convert checkpoint (no dcpo_checkpoint.json)"),
     ("garbage_dcp_metadata", "is corrupt: cannot read .metadata"),
 ])

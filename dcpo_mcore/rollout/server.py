@@ -51,10 +51,15 @@ SGLANG_SERVER_MODULE = "sglang.launch_server"
 SGLANG_ROUTER_MODULE = "sglang_router.launch_router"
 # Measured to work on CPU (docs/platform.md [sglang-cpu]). --dtype float32: otherwise a float32 checkpoint is
 # served in fp16 and logprobs drift. --sleep-on-idle: an idle scheduler otherwise spins a core.
+# --max-total-tokens fixes the KV pool; --mem-fraction-static then only sets how much of the host's free
+# memory OTHER processes may take while this server loads its weights: SGLang charges every byte that
+# disappears between its before- and after-load readings to the weights, and fails the start ("Loaded
+# weights leave no GPU memory for the KV cache") when they exceed it. 0.05 (0.7 GB here) failed a CI run
+# while another server started beside it; 0.5 tolerates half the free memory.
 CPU_SERVER_ARGS: tuple[str, ...] = (
     "--device", "cpu", "--dtype", "float32", "--attention-backend", "torch_native",
     "--sampling-backend", "pytorch", "--disable-cuda-graph", "--max-total-tokens", "4096",
-    "--mem-fraction-static", "0.05", "--grammar-backend", "none", "--sleep-on-idle",
+    "--mem-fraction-static", "0.5", "--grammar-backend", "none", "--sleep-on-idle",
 )
 # Router: notice a dead/restarted worker within seconds, not the default minute.
 ROUTER_ARGS: tuple[str, ...] = ("--policy", "round_robin", "--health-check-interval-secs", "5",

@@ -81,11 +81,14 @@ def response_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LogprobSet
     return lp_mat.view(shape), ent_mat.view(shape)
 
 
-def _packed_seq_params(mb: MicroBatch):
+def packed_seq_params(mb: MicroBatch, device: torch.device):
+    """TE's thd description of a packed micro-batch. The offsets go to the model's device as int32 (TE's
+    fused attention reads them on the GPU; the micro-batch itself is built on the CPU); the longest
+    sequence is read from the CPU copy, so no device sync is needed."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    cu = mb.cu_seqlens.to(mb.tokens.device)
-    longest = int((cu[1:] - cu[:-1]).max())
+    longest = int((mb.cu_seqlens[1:] - mb.cu_seqlens[:-1]).max())
+    cu = mb.cu_seqlens.to(device=device, dtype=torch.int32)
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 
@@ -111,7 +114,7 @@ class ForwardStep:
         if self.settings.packed_seq_params and mb.cu_seqlens is not None:
             # thd: one flattened row; TE restarts RoPE and attention at every cu_seqlens offset.
             out = model(mb.tokens.reshape(1, -1).to(dev), mb.position_ids.reshape(1, -1).to(dev), None,
-                        packed_seq_params=_packed_seq_params(mb))
+                        packed_seq_params=packed_seq_params(mb, dev))
         else:
             mask = None if mb.attention_mask is None else mb.attention_mask.to(dev)
             out = model(mb.tokens.to(dev), mb.position_ids.to(dev), mask)

@@ -15,6 +15,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
+from dcpo_mcore.errors import UserError
+
 from .hf_arch import ArchError, ArchSpec, padded_vocab_size
 from .layout import ParallelLayout, Precision
 
@@ -37,15 +39,34 @@ def transformer_engine_available() -> tuple[bool, str]:
     return True, "ok"
 
 
-def select_layer_spec(arch: ArchSpec, want_te: bool = True):
-    """Return (layer_spec, uses_te). Falls back to the local spec with one log line if TE is unusable."""
+class LayerSpecError(UserError, ValueError):
+    """The requested precision or layout needs Transformer Engine, which is not usable here."""
+
+
+def select_layer_spec(arch: ArchSpec, want_te: bool = True, *, fp8: str | None = None,
+                      sequence_parallel: bool = False):
+    """Return (layer_spec, uses_te): TE's spec when it is usable, else megatron's local spec.
+
+    Refused in one line instead of a silent fallback (docs/gpu.md [te-fallback]): FP8 without TE
+    (megatron would enter a null FP8 context and train in bf16 while the config says FP8), and sequence
+    parallelism on a GPU without TE (the local spec's plain torch norm asserts it away; only the CPU
+    compatibility layer teaches it SP)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
-    if want_te:
-        usable, reason = transformer_engine_available()
-        if usable:
-            return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm), True
-        log.info("Transformer Engine not used (%s); using megatron's local layer spec", reason)
+    usable, reason = transformer_engine_available()
+    if want_te and usable:
+        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm), True
+    why = reason if want_te else "the engine was built with want_te=False"
+    if fp8 is not None:
+        raise LayerSpecError(f"model.fp8={fp8} needs Transformer Engine, which is not usable here ({why}); "
+                             "install it on a GPU node (tools/setup_env.sh --gpu) or set model.fp8=null")
+    if sequence_parallel and torch.cuda.is_available():
+        raise LayerSpecError(f"parallel.sequence_parallel on a GPU needs Transformer Engine ({why}); install it "
+                             "(tools/setup_env.sh --gpu) or set parallel.sequence_parallel=false")
+    if torch.cuda.is_available():
+        log.warning("Transformer Engine not used (%s); megatron's local layer spec is much slower on a GPU", why)
+    else:
+        log.info("Transformer Engine not used (%s); using megatron's local layer spec", why)
     return specs.get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm"), False
 
 

@@ -36,7 +36,7 @@ from .forward import ForwardStep, LogprobSettings, finalize_grads_without_token_
 from .forward import gather_logprobs, reduce_train_metrics
 from .hf_arch import ArchSpec
 from .hf_mapping import hf_to_mcore_shard
-from .layout import ParallelLayout, Precision
+from .layout import ParallelLayout, Precision, sequence_multiple
 from .model_builder import build_model_chunks, build_transformer_config, select_layer_spec
 from .optimizer import OptimSettings, build_optimizer, guarded_step, set_lr
 from .parallel import init_model_parallel
@@ -118,8 +118,8 @@ class PolicyEngine:
         self.steps_done = 0  # applied optimizer steps (the LR schedule's default step)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         batching = settings.batching
-        if settings.layout.sequence_parallel:  # SP splits the sequence over TP ranks
-            mult = math.lcm(batching.pad_to_multiple, settings.layout.tp)
+        mult = math.lcm(batching.pad_to_multiple, sequence_multiple(settings.layout, settings.precision))
+        if mult != batching.pad_to_multiple:  # SP splits the sequence over TP ranks; FP8 GEMMs need row multiples
             batching = BatchSettings(**{**batching.__dict__, "pad_to_multiple": mult})
         if uses_te and batching.packed:  # TE takes packed sequences as one thd row (PackedSeqParams)
             batching = BatchSettings(**{**batching.__dict__, "pack_length": None})
@@ -134,7 +134,8 @@ class PolicyEngine:
         config = build_transformer_config(arch, layout, precision, dropout=settings.dropout)
         # Our losses carry global denominators: no division by tokens or micro-batches, DP grads summed.
         config.calculate_per_token_loss = True
-        spec, uses_te = select_layer_spec(arch, want_te=settings.want_te)
+        spec, uses_te = select_layer_spec(arch, want_te=settings.want_te, fp8=precision.fp8,
+                                          sequence_parallel=layout.sequence_parallel)
         chunks = build_model_chunks(arch, config, spec)
         if torch.cuda.is_available():
             for c in chunks:
@@ -152,6 +153,11 @@ class PolicyEngine:
         if optimizer is not None:  # the schedule scales the loss before backward (1.0 unless fp16)
             config.grad_scale_func = optimizer.scale_loss
         return cls(wrapped, optimizer, arch, settings, loss_spec, uses_te)
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many DP ranks a pass splits its samples over (each needs at least one)."""
+        return ps.get_data_parallel_world_size()
 
     # ----------------------------------------------------------------------------------- batches
     def _local_microbatches(self, samples: Sequence[PolicySample]) -> list[MicroBatch]:

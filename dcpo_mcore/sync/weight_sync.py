@@ -148,7 +148,10 @@ class WeightSync:
         prompts = verification_prompts(self.engine.arch.vocab_size, s.verify_num_prompts, s.verify_prompt_len,
                                        s.verify_seed)
         samples = [PolicySample(prompt_ids=p[:1], response_ids=p[1:]) for p in prompts]
-        ours = self.engine.compute_logprobs(samples, temperature=1.0).logprobs
+        # A pass needs a sample per DP rank: repeat the fixed sequences to fill them (DP8 with 2 prompts
+        # would otherwise refuse the batch) and compare the first copy with the servers.
+        copies = -(-self.engine.data_parallel_size // len(samples))
+        ours = self.engine.compute_logprobs(samples * copies, temperature=1.0).logprobs[:len(samples)]
         result = None
         if self.rank0:
             try:

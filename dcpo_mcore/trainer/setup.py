@@ -97,6 +97,16 @@ class Trainer:
         self.close()
 
 
+def engine_layout(par) -> "ParallelLayout":
+    """The engine's layout from the ``parallel`` config section: every model-parallel setting the engine
+    takes (a setting dropped here would be accepted and then ignored, as ``recompute`` once was)."""
+    from dcpo_mcore.engine.layout import ParallelLayout
+
+    return ParallelLayout(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
+                          vpp=par.virtual_pipeline_model_parallel_size, sequence_parallel=par.sequence_parallel,
+                          use_distributed_optimizer=par.use_distributed_optimizer, recompute=par.recompute)
+
+
 def build_trainer(cfg: TrainConfig) -> Trainer:
     """Everything for ``cfg``; resumes from the latest valid checkpoint when ``checkpoint.resume`` says so."""
     from dcpo_mcore.checkpoint import CheckpointManager
@@ -120,10 +130,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         parts = build_algorithm(cfg.algo)
         par = cfg.parallel
         settings = EngineSettings(
-            layout=ParallelLayout(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
-                                  vpp=par.virtual_pipeline_model_parallel_size,
-                                  sequence_parallel=par.sequence_parallel,
-                                  use_distributed_optimizer=par.use_distributed_optimizer),
+            layout=engine_layout(par),
             precision=Precision(params_dtype=_DTYPES[cfg.model.params_dtype], fp8=cfg.model.fp8,
                                 fp8_recipe=cfg.model.fp8_recipe),
             optim=OptimSettings.from_config(cfg.optim, total_steps=cfg.steps * _updates_per_step(cfg)),

@@ -89,6 +89,16 @@ def servers(sglang_servers, tiny_qwen2):
 
 @pytest.mark.timeout(600)
 @with_server_logs
+def test_verification_feeds_every_data_parallel_rank(servers, model_b):
+    """DP4 with the 2 fixed verification prompts: each rank still gets a sample (the recipes run DP4-DP8)."""
+    res = launch(f"{W}:push_and_verify", world_size=4, args=(model_b, servers.worker_urls, {"tp": 1}, "b-dp4"),
+                 timeout_s=400)
+    assert "differs from the trainer by" in res[0]["before_error"]
+    assert all(r["after_diff"] < 1e-5 for r in res), [r["after_diff"] for r in res]
+
+
+@pytest.mark.timeout(600)
+@with_server_logs
 def test_tp2_pp2_push_makes_server_logprobs_equal_the_trainers(servers, model_b):
     res = launch(f"{W}:push_and_verify", world_size=4,
                  args=(model_b, servers.worker_urls, {"tp": 2, "pp": 2}, "b-1"),

@@ -180,12 +180,27 @@ def resolve(config: str, overrides: Sequence[str], *, mode: str, env: Mapping[st
     jp.srun_train = ["--nodes", str(len(train_hosts)), "--ntasks", str(len(train_hosts) * tasks_per_node),
                      "--ntasks-per-node", str(tasks_per_node), "--nodelist", ",".join(train_hosts),
                      "--job-name", "trainer"]
-    common = ["--overlap"] if local else ["--exact"] + (
-        [f"--gpus-per-node={launch.gpus_per_node}"] if launch.gpus_per_node else [])
-    for opts in (jp.srun_server, jp.srun_router, jp.srun_train):
+    for opts, per in ((jp.srun_server, per_node), (jp.srun_router, None), (jp.srun_train, tasks_per_node)):
         if opts:
-            opts[:0] = common
+            opts[:0] = ["--overlap"] if local else _disagg_step_resources(launch, env, per)
     return jp
+
+
+def _disagg_step_resources(launch, env: Mapping[str, str], tasks_per_node: int | None) -> list[str]:
+    """Resource options of one step on nodes of its own (docs/gpu.md [slurm-gpu]). The server and
+    trainer steps take their nodes' GPUs, all their CPUs shared out between the step's tasks (an
+    ``--exact`` step otherwise gets one CPU per task) and all their memory. The router needs no GPU: it
+    shares the first rollout node with the server step (``--overlap``) and asks for no GRES, so it never
+    waits for GPUs that step holds."""
+    if tasks_per_node is None:
+        return ["--overlap", "--gres=none"]
+    opts = ["--exact", "--mem=0"]
+    if launch.gpus_per_node:
+        opts.append(f"--gpus-per-node={launch.gpus_per_node}")
+    cpus = str(env.get("SLURM_CPUS_ON_NODE", "")).split("(")[0]  # e.g. "64" or "64(x2)" from older Slurm
+    if cpus.isdigit():
+        opts.append(f"--cpus-per-task={max(1, int(cpus) // tasks_per_node)}")
+    return opts
 
 
 def to_shell(jp: JobPlan) -> str:

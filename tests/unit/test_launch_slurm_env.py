@@ -32,7 +32,7 @@ def test_disagg_layout_ports_and_urls():
     assert jp.router_url == f"http://n3:{base + 1}" and jp.attach_urls == [jp.router_url]
     assert jp.log_dir == Path("logs/slurm/dcpo-1234") and jp.preempt_marker == Path("runs/qwen2.5-14b_dcpo/PREEMPTED")
     # trainer: 2 nodes x 1 torchrun task, 8 ranks each, attached to the router only
-    assert jp.srun_train[:2] == ["--exact", "--gpus-per-node=8"] and "--nodelist" in jp.srun_train
+    assert jp.srun_train[:3] == ["--exact", "--mem=0", "--gpus-per-node=8"] and "--nodelist" in jp.srun_train
     assert jp.srun_train[jp.srun_train.index("--nodelist") + 1] == "n1,n2"
     t = jp.train_cmd
     assert t[:4] == ["/venv/bin/python", "-m", "dcpo_mcore.launch.ranks", "torchrun"]
@@ -44,6 +44,17 @@ def test_disagg_layout_ports_and_urls():
     s = jp.srun_server
     assert s[s.index("--ntasks") + 1] == "8" and s[s.index("--ntasks-per-node") + 1] == "4"
     assert jp.router_cmd[jp.router_cmd.index("--worker-urls") + 1:] == jp.server_urls
+
+
+def test_disagg_steps_get_their_nodes_cpus_and_the_router_no_gpus():
+    jp = resolve(RECIPE_14B, [], mode="disagg", env={"SLURM_JOB_ID": "9", "SLURM_CPUS_ON_NODE": "96"},
+                 hostnames=["n1", "n2", "n3", "n4"], python="/venv/bin/python")
+    assert "--cpus-per-task=96" in jp.srun_train  # one torchrun task per trainer node
+    assert "--cpus-per-task=24" in jp.srun_server and "--gpus-per-node=8" in jp.srun_server  # 4 servers/node
+    # the router shares n3 with the server step, which holds all its GPUs: it must ask for none
+    assert jp.srun_router[:2] == ["--overlap", "--gres=none"]
+    assert not any(o.startswith(("--gpus", "--exact", "--cpus-per-task")) for o in jp.srun_router)
+    assert not any(o.startswith("--cpus-per-task") for o in _disagg().srun_train)  # unknown CPU count: Slurm's
 
 
 def test_ports_are_stable_per_job_and_differ_between_jobs():

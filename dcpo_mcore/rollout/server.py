@@ -84,6 +84,10 @@ class LaunchSpec:
     watch_interval_s: float = 1.0
     random_seed: int | None = None  # server i gets --random-seed random_seed + i
     deterministic: bool = False  # --enable-deterministic-inference: honours per-request seeds; GPU only
+    # First GPU (of this node) for the servers; server i takes base_gpu_id + i * tp_size onwards. The
+    # trainer that launches its own servers passes its local rank count: NCCL refuses a weight-sync group
+    # with two members on one GPU (docs/gpu.md [nccl-sync]).
+    base_gpu_id: int = 0
     request_timeout_s: float = 1800.0  # router's per-request timeout
     python: str = field(default_factory=lambda: default_server_python())
     env: Mapping[str, str] = field(default_factory=dict)
@@ -128,6 +132,16 @@ def default_server_python() -> str:
     return sys.executable
 
 
+def check_gpu_room(spec: LaunchSpec, device_count: int) -> None:
+    """One line, before anything starts, when the servers' GPUs run past this node's."""
+    need = spec.base_gpu_id + spec.num_servers * spec.tp_size
+    if need > device_count:
+        first = f"after the trainer's {spec.base_gpu_id} GPU(s) " if spec.base_gpu_id else ""
+        raise RolloutError(f"{spec.num_servers} SGLang server(s) x TP {spec.tp_size} {first}need {need} GPUs on this "
+                           f"node, which has {device_count}; start fewer servers, or run them elsewhere and "
+                           "attach with rollout.server_urls")
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -163,7 +177,7 @@ def build_server_command(spec: LaunchSpec, index: int, port: int, nccl_port: int
             raise ValueError(f"server tp_size {spec.tp_size} needs GPUs; the CPU engine runs TP 1")
         defaults: list[str] = list(CPU_SERVER_ARGS)
     else:
-        defaults = ["--tp-size", str(spec.tp_size), "--base-gpu-id", str(index * spec.tp_size)]
+        defaults = ["--tp-size", str(spec.tp_size), "--base-gpu-id", str(spec.base_gpu_id + index * spec.tp_size)]
         if spec.deterministic:
             defaults.append("--enable-deterministic-inference")
     if spec.random_seed is not None:
@@ -270,6 +284,10 @@ class ServerManager:
         self._on_cpu = spec.device == "cpu" or (spec.device == "auto" and not _cuda_available())
         if self._on_cpu and spec.server_module == SGLANG_SERVER_MODULE:
             check_sglang_version(installed_version(spec.python, "sglang"))
+        if not self._on_cpu:
+            import torch
+
+            check_gpu_room(spec, torch.cuda.device_count())
         _LIVE.add(self)
         self._started = True
         try:

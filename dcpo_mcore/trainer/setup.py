@@ -10,6 +10,7 @@ because each costs ~25 s of start-up that would otherwise be paid in series.
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import signal
 import threading
@@ -258,12 +259,19 @@ class _Background:
         return self._value
 
 
+def _trainer_gpus_on_this_node() -> int:
+    """GPUs this node's trainer ranks hold (cuda:0 .. LOCAL_WORLD_SIZE-1, engine/parallel.py); servers the
+    trainer launches itself start after them (docs/gpu.md [nccl-sync])."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torch.cuda.is_available() else 0
+
+
 def _start_servers_in_background(cfg: TrainConfig, hf_path: str, closers: list) -> _Background:
     if not comm.is_rank0():
         return _Background(None)
     from dcpo_mcore.rollout import ServerManager
 
-    manager = ServerManager.from_config(cfg.rollout, hf_path, cfg.run_dir, random_seed=cfg.seed)
+    manager = ServerManager.from_config(cfg.rollout, hf_path, cfg.run_dir, random_seed=cfg.seed,
+                                        base_gpu_id=_trainer_gpus_on_this_node())
     closers.append(manager.shutdown)
     return _Background(manager.start)
 

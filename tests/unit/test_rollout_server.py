@@ -198,6 +198,19 @@ def test_server_command_lines():
         build_server_command(_spec(tp_size=2), 0, 1, 2, on_cpu=True)
 
 
+
+def test_servers_start_after_the_trainers_gpus_and_must_fit_the_node():
+    from dcpo_mcore.rollout.errors import RolloutError
+    from dcpo_mcore.rollout.server import check_gpu_room
+
+    spec = _spec(tp_size=2, num_servers=3, base_gpu_id=2)  # two trainer ranks on cuda:0,1
+    firsts = [build_server_command(spec, i, 1, 2, on_cpu=False) for i in range(3)]
+    assert [c[c.index("--base-gpu-id") + 1] for c in firsts] == ["2", "4", "6"]
+    check_gpu_room(spec, 8)
+    with pytest.raises(RolloutError, match=r"^3 SGLang server\(s\) x TP 2 after the trainer's 2 GPU\(s\) need 8 GPUs "
+                                           r"on this node, which has 7"):
+        check_gpu_room(spec, 7)
+
 def test_cpu_launch_refuses_an_unpinned_sglang(tmp_path, monkeypatch):
     import dcpo_mcore.rollout.server as server
 

@@ -142,6 +142,32 @@ def check_gpu_room(spec: LaunchSpec, device_count: int) -> None:
                            "attach with rollout.server_urls")
 
 
+def nccl_version(python: str) -> str | None:
+    """The NCCL version torch reports in interpreter ``python`` ("2.27.3"), or None without CUDA NCCL."""
+    code = ("import torch\ntry:\n    v = torch.cuda.nccl.version()\nexcept Exception:\n    v = None\n"
+            "print('.'.join(map(str, v)) if isinstance(v, tuple) else (v or ''))")
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
+        import torch
+
+        try:
+            v = torch.cuda.nccl.version()
+        except Exception:  # noqa: BLE001 - a CPU build has no NCCL
+            return None
+        return ".".join(map(str, v)) if isinstance(v, tuple) else (str(v) if v else None)
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() or None
+
+
+def check_same_nccl(trainer: str | None, server: str | None, server_python: str) -> None:
+    """NCCL refuses a communicator whose peers run different NCCL versions ("Mismatched NCCL version",
+    patch level included), so a trainer and servers from two venvs whose torch builds ship different
+    NCCLs could never form the weight-sync group (docs/gpu.md [nccl-sync]). Say so before starting."""
+    if trainer and server and trainer != server:
+        raise RolloutError(f"the trainer's torch has NCCL {trainer} but the SGLang interpreter {server_python} has "
+                           f"NCCL {server}: NCCL cannot form the weight-sync group across versions; install the "
+                           "same nvidia-nccl package in both venvs (or one venv for both)")
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -288,6 +314,7 @@ class ServerManager:
             import torch
 
             check_gpu_room(spec, torch.cuda.device_count())
+            check_same_nccl(nccl_version(sys.executable), nccl_version(spec.python), spec.python)
         _LIVE.add(self)
         self._started = True
         try:

@@ -4,6 +4,7 @@ server, shutdown of only our own process groups, and the server command line (CP
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,3 +247,25 @@ def test_a_relative_local_model_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert LaunchSpec(model_path="model").model_path == str(tmp_path / "model")
     assert LaunchSpec(model_path="org/name").model_path == "org/name"  # not a local path: left alone
+
+
+def test_trainer_and_server_must_share_one_nccl():
+    from dcpo_mcore.rollout.errors import RolloutError
+    from dcpo_mcore.rollout.server import check_same_nccl, nccl_version
+
+    check_same_nccl("2.27.3", "2.27.3", "/v/bin/python")
+    check_same_nccl(None, "2.27.3", "/v/bin/python")  # a CPU trainer forms a gloo group: nothing to compare
+    with pytest.raises(RolloutError, match=r"^the trainer's torch has NCCL 2.27.3 but the SGLang interpreter "
+                                           r"/v/bin/python has NCCL 2.28.9: "):
+        check_same_nccl("2.27.3", "2.28.9", "/v/bin/python")
+    # The real readings: torch's CPU build has no NCCL; PyPI's CUDA build (the 3.12 stack) reports its own
+    # even on a machine without a GPU, read here through a subprocess as for a server's interpreter.
+    import sys
+
+    import torch
+
+    if "+cpu" in torch.__version__:
+        assert nccl_version(sys.executable) is None
+    other = REPO / ".venv312" / "bin" / "python"
+    if other.exists() and os.path.abspath(other) != os.path.abspath(sys.executable):
+        assert re.fullmatch(r"2\.\d+\.\d+", nccl_version(str(other)) or ""), nccl_version(str(other))

@@ -15,6 +15,7 @@ MCORE_API_FILES = (
     "dist/test_vocab_parallel_logprobs.py",
     "dist/test_checkpoint_engine.py",
     "dist/test_engine_checkpoint.py",
+    "dist/test_checkpoint_spec_keys.py",
     "dist/test_engine_layout_invariance.py",
     "dist/test_convert_cli.py",
     "dist/test_demo_pretrain.py",

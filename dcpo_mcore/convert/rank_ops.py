@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-from dcpo_mcore.engine.dist_ckpt import synchronous_save
+from dcpo_mcore.engine.dist_ckpt import load_across_layer_specs, load_module_state, synchronous_save
 from dcpo_mcore.engine.hf_arch import ArchSpec
 from dcpo_mcore.engine.hf_export import stream_hf_tensors
 from dcpo_mcore.engine.hf_mapping import hf_to_mcore_shard
@@ -117,9 +116,12 @@ def load_chunks(chunks: list, ckpt_dir: str) -> None:
     """
     keys = ["model"] if len(chunks) == 1 else [f"model{v}" for v in range(len(chunks))]
     try:
-        state = dist_checkpointing.load(sharded_model_state(chunks), ckpt_dir)
+        state, _, absent = load_across_layer_specs(sharded_model_state(chunks), ckpt_dir)
+        if absent:
+            raise ConvertError(f"checkpoint {ckpt_dir} lacks {len(absent)} tensor(s) of this model, e.g. "
+                               f"{sorted(absent)[:3]}; is it a checkpoint of this architecture?")
         for key, chunk in zip(keys, chunks):
-            chunk.load_state_dict(state[key], strict=True)
+            load_module_state(chunk, state[key])
     except (ConvertError, KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - torch DCP's CheckpointException is a BaseException

@@ -115,9 +115,12 @@ def load(directory: str | Path, chunks, optimizer) -> dict:
     _materialize_adam_state(chunks, optimizer)
     state = _sharded_state_dict(chunks, optimizer, is_loading=True)
     state["engine"] = {}
-    loaded = dist_checkpointing.load(state, str(path))
+    loaded, _, absent = load_across_layer_specs(state, path)
+    if absent:
+        raise UserValueError(f"{path} lacks {len(absent)} entr(ies) this engine saves, e.g. {sorted(absent)[:3]}; "
+                             "is it a checkpoint of this architecture and optimizer?")
     for key, chunk in zip(_model_keys(chunks), chunks):
-        chunk.module.load_state_dict(loaded[key], strict=True)
+        load_module_state(chunk.module, loaded[key])
     with _tolerate_missing_step(optimizer):
         optimizer.load_state_dict(loaded["optimizer"])
     _unshare_step_tensors(optimizer)
@@ -147,7 +150,6 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
     optimizer state and other entries are ignored (RL starts with a fresh optimizer).
     """
     from megatron.core.dist_checkpointing.core import CheckpointingException
-    from megatron.core.dist_checkpointing.validation import StrictHandling
     from torch.distributed.checkpoint.api import CheckpointException
 
     path = resolve_checkpoint_dir(directory)
@@ -155,7 +157,7 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
     try:
         # megatron's names, from the checkpoint's side: "missing" = in the checkpoint but not asked for,
         # "unexpected" = asked for but not in the checkpoint
-        loaded, in_ckpt_only, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_ALL)
+        loaded, in_ckpt_only, absent = load_across_layer_specs(state, path)
     except (CheckpointingException, CheckpointException) as exc:  # e.g. a shape that does not match this model
         raise UserValueError(f"{path} does not fit this model: {_cause_line(exc)}") from None
     if absent:
@@ -167,8 +169,35 @@ def load_weights_only(directory: str | Path, chunks) -> Path:
         raise UserValueError(f"{path} has {len(extra)} model tensor(s) this model does not, e.g. {extra[:3]}; is it a "
                          "checkpoint of a bigger or different architecture?")
     for key, chunk in zip(_model_keys(chunks), chunks):
-        chunk.module.load_state_dict(loaded[key], strict=True)
+        load_module_state(chunk.module, loaded[key])
     return path
+
+
+def load_across_layer_specs(sharded_state: dict, path: str | Path) -> tuple[dict, set[str], set[str]]:
+    """``dist_checkpointing.load`` that lets a checkpoint of one layer spec load into the other
+    (docs/gpu.md [ckpt-keys]). The weights already meet under the same names (the local spec's
+    ``sharded_state_dict_keys_map`` stores its norms under the TE spec's fused names); what differs is
+    ``*_extra_state``: Transformer Engine modules (FP8 scaling state, the norms whenever TE imports) save
+    one, megatron's local modules do not. Those entries are loaded where both sides have them and skipped
+    otherwise; :func:`load_module_state` then keeps the module's own value for the skipped ones.
+
+    Returns ``(loaded, in_checkpoint_only, absent)``, the last two without ``_extra_state`` keys, for the
+    caller to judge: absent = this model asks for it and the checkpoint lacks it."""
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    loaded, in_ckpt_only, absent = dist_checkpointing.load(sharded_state, str(path), strict=StrictHandling.RETURN_ALL)
+    return loaded, {k for k in in_ckpt_only if not _is_extra_state(k)}, {k for k in absent if not _is_extra_state(k)}
+
+
+def load_module_state(module: torch.nn.Module, loaded: dict) -> None:
+    """``load_state_dict(strict=True)``, with the module's own value for every ``_extra_state`` the
+    checkpoint did not have (see :func:`load_across_layer_specs`); any other gap still fails."""
+    own = {k: v for k, v in module.state_dict().items() if _is_extra_state(k) and k not in loaded}
+    module.load_state_dict({**own, **loaded}, strict=True)
+
+
+def _is_extra_state(key: str) -> bool:
+    return key.rsplit("/", 1)[0].endswith("_extra_state")
 
 
 def _cause_line(exc: BaseException) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rank_runner import run_rank_processes  # noqa: E402  (tools/rank_runner.py)
+from rank_runner import env_rendezvous, run_rank_processes  # noqa: E402  (tools/rank_runner.py)
 
 LAYOUTS = {
     "tp1": {"tp": 1, "pp": 1}, "tp2": {"tp": 2, "pp": 1}, "pp2": {"tp": 1, "pp": 2}, "tp2pp2": {"tp": 2, "pp": 2},
@@ -41,12 +40,6 @@ LAYOUTS = {
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
 QWEN25_15B = {"num_layers": 28, "hidden_size": 1536, "num_heads": 12, "num_kv_heads": 2, "ffn": 8960,
               "vocab_size": 151936}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_model(out: Path, shape: dict, dtype: str) -> str:
@@ -60,8 +53,7 @@ def _make_model(out: Path, shape: dict, dtype: str) -> str:
 
 def _launch(spec: dict, world: int, timeout_s: float) -> list[dict]:
     """Run ``world`` worker processes of this script and return each rank's JSON result."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    env = env_rendezvous(dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"])))
     return run_rank_processes(lambda rank, out: [sys.executable, __file__, "--worker", json.dumps(spec),
                                                  "--out", str(out)],
                               world, env, timeout_s, f"bench_engine_{spec['name']}")

@@ -35,7 +35,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(REPO))
 
-from rank_runner import run_rank_processes  # noqa: E402  (tools/rank_runner.py)
+from rank_runner import env_rendezvous, run_rank_processes  # noqa: E402  (tools/rank_runner.py)
 
 # ~1.1B parameters with the tied 151,936-row Qwen vocabulary (0.31B of it the embedding).
 QWEN2_1B = {"num_layers": 16, "hidden_size": 2048, "num_heads": 16, "num_kv_heads": 2, "ffn": 5632,
@@ -164,14 +164,9 @@ def _rank_entry(name: str, spec_path: str, out_path: str) -> None:
 
 # -------------------------------------------------------------------------------------- launcher side
 def _ranks(name: str, spec: dict, world: int, timeout_s: float, tmp: Path) -> list[dict]:
-    import socket
-
     spec_path = tmp / f"{name}.json"
     spec_path.write_text(json.dumps(spec))
-    with socket.socket() as s:  # env:// rendezvous for the product's init_distributed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = env_rendezvous(os.environ)
     return run_rank_processes(lambda r, out: [sys.executable, __file__, "--_rank", name, str(spec_path), str(out)],
                               world, env, timeout_s, f"gpu_check_{name}")
 

@@ -21,6 +21,19 @@ sys.path.insert(0, str(REPO_ROOT))
 from dcpo_mcore.local_ranks import LocalRanks, rank_env  # noqa: E402
 
 
+def env_rendezvous(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus MASTER_ADDR/MASTER_PORT for ranks that join through the product's ``env://``
+    initialisation (engine/parallel.py init_distributed), where rank 0 hosts the store. The port is one
+    the OS just had free: a benchmark can lose that race and fail to start, which only costs a rerun;
+    the test tier and dcpo-convert avoid it by holding the store themselves (local_ranks.py)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def run_rank_processes(argv: Callable[[int, Path], list[str]], world: int, env: Mapping[str, str],
                        timeout_s: float, label: str) -> list[dict]:
     """``argv(rank, result_path)`` is rank ``rank``'s command line; returns the results in rank order."""

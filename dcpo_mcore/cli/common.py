@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from dcpo_mcore.termination import exit_cleanly_on_sigterm  # noqa: F401 - SIGTERM unwinds like Ctrl-C
+
 __all__ = ["OneLineErrorParser", "cpu_allocator_env", "exit_cleanly_on_sigterm", "log_to_file",
            "run_reporting_errors"]
 
@@ -28,17 +30,6 @@ def cpu_allocator_env() -> None:
     docs/performance.md). torch reads the variable at the process's first CPU allocation, which has
     not happened yet when an entry point starts; an explicit setting in the environment wins."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-
-def exit_cleanly_on_sigterm() -> None:
-    """SIGTERM (scancel, a job scheduler, `kill`) unwinds like Ctrl-C: the trainer's teardown then stops
-    the SGLang servers and grader workers it started, instead of leaving them running as orphans."""
-    import signal
-
-    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
 
 
 def log_to_file(path: Path) -> Path:

@@ -28,6 +28,7 @@ from dcpo_mcore.engine import collectives as comm
 from .rollout_stage import RolloutSettings, RolloutStage
 from .update_stage import UpdateSettings
 from dcpo_mcore.errors import UserValueError
+from dcpo_mcore.termination import raise_if_terminated
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,7 +67,9 @@ class Trainer:
         return step == self.cfg.steps or bool(every and step % every == 0)
 
     def preempted(self) -> bool:
-        """True on every rank once any rank got SIGUSR1 (Slurm's warning before the time limit)."""
+        """True on every rank once any rank got SIGUSR1 (Slurm's warning before the time limit). A SIGTERM
+        whose exit a finalizer swallowed is raised again here, once per step (dcpo_mcore/termination.py)."""
+        raise_if_terminated()
         return comm.any_rank(self._preempt_flag[0])
 
     # ------------------------------------------------------------------ actions

@@ -80,6 +80,15 @@ def model_b(tmp_path_factory, tiny_qwen2):
 
 
 @pytest.fixture(scope="module")
+def model_c(tmp_path_factory, tiny_qwen2):
+    """A third set of weights, so a test can check the before-push error without depending on
+    whether an earlier test in this module left A or B on the workers."""
+    from dcpo_mcore.hf.tiny import make_tiny_hf_model
+
+    return str(make_tiny_hf_model("qwen2", tmp_path_factory.mktemp("tiny_c") / "qwen2_c", seed=13))
+
+
+@pytest.fixture(scope="module")
 def servers(sglang_servers, tiny_qwen2):
     yield sglang_servers
     # Put model A back on both workers for any test that runs later in the session.
@@ -89,9 +98,10 @@ def servers(sglang_servers, tiny_qwen2):
 
 @pytest.mark.timeout(600)
 @with_server_logs
-def test_verification_feeds_every_data_parallel_rank(servers, model_b):
-    """DP4 with the 2 fixed verification prompts: each rank still gets a sample (the recipes run DP4-DP8)."""
-    res = launch(f"{W}:push_and_verify", world_size=4, args=(model_b, servers.worker_urls, {"tp": 1}, "b-dp4"),
+def test_verification_feeds_every_data_parallel_rank(servers, model_c):
+    """DP4 with the 2 fixed verification prompts: each rank still gets a sample (the recipes run DP4-DP8).
+    It pushes C, not B: the TP2xPP2 test below needs workers that do not already hold B."""
+    res = launch(f"{W}:push_and_verify", world_size=4, args=(model_c, servers.worker_urls, {"tp": 1}, "c-dp4"),
                  timeout_s=400)
     assert "differs from the trainer by" in res[0]["before_error"]
     assert all(r["after_diff"] < 1e-5 for r in res), [r["after_diff"] for r in res]
@@ -104,7 +114,8 @@ def test_tp2_pp2_push_makes_server_logprobs_equal_the_trainers(servers, model_b)
                  args=(model_b, servers.worker_urls, {"tp": 2, "pp": 2}, "b-1"),
                  kwargs={"bucket_bytes": 64 << 10}, timeout_s=400)
     r0 = res[0]
-    # Before: the servers run model A, so verification stops with a one-line error naming a server.
+    # Before: the servers run other weights (A, or C from the DP4 test), so verification stops with a
+    # one-line error naming a server.
     assert r0["before_error"] is not None and "\n" not in r0["before_error"]
     assert "differs from the trainer by" in r0["before_error"]
     # After: both workers equal the TP2xPP2 trainer to float rounding (issue: within 1e-5).

@@ -11,13 +11,14 @@ from dcpo_mcore.algo import (
     ALGORITHMS,
     AlgorithmSpec,
     DcpoClipParams,
+    DppoTvParams,
     GrpoAdvantageParams,
     GspoParams,
     LossSpec,
     PpoClipParams,
     SasParams,
 )
-from dcpo_mcore.config.algo import DcpoSettings, GspoSettings, PpoClipSettings
+from dcpo_mcore.config.algo import DppoSettings, GspoSettings, PpoClipSettings, DacFields, SasFields
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,9 @@ class AlgorithmParts:
     loss: LossSpec
 
 
-def objective_params(algo) -> DcpoClipParams | PpoClipParams | GspoParams:
+def objective_params(algo) -> DcpoClipParams | PpoClipParams | GspoParams | DppoTvParams:
     """The token objective's parameters from one method's settings (each method has its own class)."""
-    if isinstance(algo, DcpoSettings):
+    if isinstance(algo, DacFields):  # dcpo, grpo_dac
         # One r_max for the dynamic upper bound and the negative-advantage dual clip
         # (docs/algorithm.md [choice-one-ratio-cap]).
         return DcpoClipParams(algo.eps_low, algo.eps_high, algo.ratio_cap)
@@ -37,12 +38,15 @@ def objective_params(algo) -> DcpoClipParams | PpoClipParams | GspoParams:
         return PpoClipParams(algo.eps_low, algo.eps_high, algo.dual_clip_c)
     if isinstance(algo, GspoSettings):
         return GspoParams(algo.eps_low, algo.eps_high)
+    if isinstance(algo, DppoSettings):
+        return DppoTvParams(algo.delta_low, algo.delta_high)
     raise TypeError(f"no objective parameters for {type(algo).__name__}")
 
 
 def build_algorithm(algo) -> AlgorithmParts:
     spec = ALGORITHMS.get(algo.name)
-    estimator_params = SasParams(std=algo.sas_std) if isinstance(algo, DcpoSettings) else GrpoAdvantageParams()
+    # dcpo and grpo_sas carry sas_std; the composition table must agree that their estimator is SAS.
+    estimator_params = SasParams(std=algo.sas_std) if isinstance(algo, SasFields) else GrpoAdvantageParams()
     loss = LossSpec(
         objective=spec.objective,
         objective_params=objective_params(algo),

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +30,6 @@ sys.path.insert(0, str(REPO))
 
 # Per-algorithm settings the demo task needs (why: see the module docstring).
 ALGO_OVERRIDES = {"dapo": ["algo.overlong_buffer_len=0"]}
-WALL_FILE = "compare_wall.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,35 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from dcpo_mcore.config import load_config
-    from dcpo_mcore.demo.run import DemoOptions, prepare_pretrained
-    from dcpo_mcore.world_env import environ_without_world
+    from dcpo_mcore.demo import experiments
+    from dcpo_mcore.demo.run import DemoOptions
+
+    def say(msg: str) -> None:
+        print(f"[compare] {msg}", flush=True)
 
     root = Path(args.root)
     base = [f"seed={args.seed}", f"steps={args.steps}", f"eval_interval={args.eval_interval}",
             "checkpoint.save_interval=0", "checkpoint.resume=never", *args.overrides]
     cfg = load_config(args.config, [*base, f"run_dir={root / 'pretrain'}"])
-    pre = _reuse_pretrained(cfg) if args.reuse else None
-    if pre is None:
-        pre = prepare_pretrained(cfg, DemoOptions(), lambda m: print(f"[compare] {m}", flush=True))
-        (root / "pretrain" / "pretrain_summary.json").write_text(json.dumps({"final_accuracy": pre.result.final_accuracy}))
+    pre = experiments.prepare_or_reuse_pretrained(cfg, DemoOptions(), args.reuse, say)
 
     rows = []
     for algo in args.algos.split(","):
         run_dir = root / algo
         overrides = [*base, *pre.rl_overrides(), f"algo.name={algo}", *ALGO_OVERRIDES.get(algo, []),
                      f"run_dir={run_dir}"]
-        if args.reuse and _finished(run_dir, args.steps, load_config(args.config, overrides)):
-            print(f"[compare] {algo}: reusing the finished run in {run_dir}", flush=True)
+        if args.reuse and experiments.finished(run_dir, args.steps, load_config(args.config, overrides), say):
+            say(f"{algo}: reusing the finished run in {run_dir}")
             rows.append(summarise(algo, run_dir))
             continue
-        cmd = [sys.executable, "-m", "dcpo_mcore.cli", "--config", args.config, *overrides]
-        print(f"[compare] {algo}: {' '.join(cmd[3:])}", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, env=environ_without_world())
-        if proc.returncode != 0:
-            print(f"[compare] {algo} failed with exit code {proc.returncode}; see {run_dir}", file=sys.stderr)
+        say(f"{algo}: dcpo-train {' '.join(overrides)}")
+        rc = experiments.run_train(args.config, overrides, run_dir, REPO)
+        if rc != 0:
+            print(f"[compare] {algo} failed with exit code {rc}; see {run_dir}", file=sys.stderr)
             return 1
-        (run_dir / WALL_FILE).write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
         rows.append(summarise(algo, run_dir))
     table = format_table(rows, args, pre.result.final_accuracy)
     print(table)
@@ -86,59 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reuse_pretrained(cfg):
-    """The Pretrained of an earlier call in the same root, if its checkpoint is complete."""
-    from dcpo_mcore.demo.run import Pretrained
-
-    run = Path(cfg.run_dir)
-    summary = run / "pretrain_summary.json"
-    if not (run / "model_pretrained" / "model.safetensors").exists() or not summary.exists():
-        return None
-    info = json.loads(summary.read_text())
-    result = type("Result", (), {"final_accuracy": info["final_accuracy"]})()
-    return Pretrained(run / "model_init", run / "model_pretrained", run / "data" / "train.parquet",
-                      run / "data" / "eval.parquet", [], [], result)
-
-
-def _finished(run_dir: Path, steps: int, expected) -> bool:
-    """True if run_dir holds a completed run of exactly the config this call would run. A run made with
-    other settings (say, before the demo's lr changed) is run again, never silently compared."""
-    from dcpo_mcore.config import config_to_dict, load_config
-    from dcpo_mcore.metrics import read_metrics
-
-    try:
-        done = any(r.get("step") == steps and "clip/token_clip_ratio" in r for r in read_metrics(run_dir))
-        recorded = config_to_dict(load_config(run_dir / "config.yaml"))
-    except Exception:  # noqa: BLE001 - no or unreadable metrics/config: not finished
-        return False
-    changed = _differing_keys(recorded, config_to_dict(expected))
-    if done and changed:
-        print(f"[compare] {run_dir}: settings differ from this call ({', '.join(changed[:5])}); running it again",
-              flush=True)
-    return done and not changed
-
-
-def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _differing_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}")
-    return keys
-
-
-def _wall_seconds(run_dir: Path) -> float | None:
-    """The whole dcpo-train process's wall time (start-up, server, evals included), when this tool ran it."""
-    try:
-        return float(json.loads((run_dir / WALL_FILE).read_text())["seconds"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def summarise(algo: str, run_dir: Path) -> dict:
     from dcpo_mcore.data import ARITH_DATA_SOURCE
+    from dcpo_mcore.demo import experiments
     from dcpo_mcore.eval import dataset_name
     from dcpo_mcore.metrics import held_out_accuracy_series, read_metrics
 
@@ -154,7 +98,7 @@ def summarise(algo: str, run_dir: Path) -> dict:
             "responses": sum(r["rollout/generated_responses"] for r in train), "steps": len(train),
             # the training steps alone (rollout, update, sync): comparable whatever else shared the machine
             "step_minutes": sum(r["timing/step_seconds"] for r in train) / 60,
-            "wall_minutes": None if (wall := _wall_seconds(run_dir)) is None else wall / 60}
+            "wall_minutes": None if (wall := experiments.wall_seconds(run_dir)) is None else wall / 60}
 
 
 def format_table(rows: list[dict], args, pretrained_acc: float) -> str:

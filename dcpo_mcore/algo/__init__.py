@@ -20,7 +20,7 @@ _MODULES = {  # module of this package -> the public names it defines
     "grouping": "prompt_groups",
     "loss": "LossSpec PolicyLossOutput policy_loss",
     "metrics": "ClipCounts advantage_stats clip_counts clip_ratios nonzero_advantage_ratio",
-    "objectives": "OBJECTIVES DcpoClipParams GspoParams NllParams PpoClipParams low_var_kl nll_objective "
+    "objectives": "OBJECTIVES DcpoClipParams DppoTvParams GspoParams NllParams PpoClipParams low_var_kl nll_objective "
                   "token_objective",
     "registry": "Registry",
     "sas": "PromptStats PromptStatsStore merge_stats sas_advantages",

@@ -56,6 +56,16 @@ class GspoParams:
 
 
 @dataclass(frozen=True)
+class DppoTvParams:
+    """DPPO Binary-TV trust region (Qi et al. 2026, arXiv 2602.04879; docs/algorithm.md [dppo]): a token
+    stops getting gradient once its probability moved more than delta_high up (A > 0) or delta_low down
+    (A < 0) from the old policy's. 0.15 / 0.15 are the thresholds the authors' released runs use."""
+
+    delta_low: float = 0.15
+    delta_high: float = 0.15
+
+
+@dataclass(frozen=True)
 class NllParams:
     """Advantage-weighted log-likelihood (no ratio, no clip): no parameters.
 
@@ -65,7 +75,7 @@ class NllParams:
     """
 
 
-ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams, NllParams]
+ObjectiveParams = Union[DcpoClipParams, PpoClipParams, GspoParams, DppoTvParams, NllParams]
 
 
 def dcpo_objective(logprobs, old_logprobs, advantages, mask, params: DcpoClipParams) -> TokenLossOutput:
@@ -113,6 +123,27 @@ def gspo_objective(logprobs, old_logprobs, advantages, mask, params: GspoParams)
     return clipped_surrogate(ratio, adv, 1.0 - params.eps_low, 1.0 + params.eps_high, None)
 
 
+def dppo_tv_objective(logprobs, old_logprobs, advantages, mask, params: DppoTvParams) -> TokenLossOutput:
+    """DPPO Binary-TV (docs/algorithm.md [dppo]): the unclipped surrogate A*r, with the gradient masked
+    where the sampled token's probability left the trust region |p - q| <= delta in the direction the
+    advantage pushes it. p = exp(logp), q = exp(oldlogp), r = p / q.
+
+    Unlike a ratio clip, the bound is on the probability difference, so a rare token (q = 1e-4) may
+    grow a hundredfold while a likely one (q = 0.9) may barely fall. The value of a masked token is
+    still A*r (its ratio is detached), so the logged loss is the plain surrogate. ``mask`` is unused.
+    """
+    del mask
+    logprobs, old_logprobs = _as_float(logprobs), _as_float(old_logprobs)
+    ratio = torch.exp(log_ratio(logprobs, old_logprobs))
+    adv = broadcast_advantages(advantages, ratio)
+    moved = logprobs.detach().exp() - old_logprobs.detach().exp()  # p - q
+    is_high = (adv > 0) & (moved > params.delta_high)
+    is_low = (adv < 0) & (moved < -params.delta_low)
+    masked = is_high | is_low
+    objective = adv * torch.where(masked, ratio.detach(), ratio)
+    return TokenLossOutput(-objective, is_low, is_high, torch.zeros_like(masked))
+
+
 def nll_objective(logprobs, old_logprobs, advantages, mask, params: NllParams) -> TokenLossOutput:
     """Per-token objective A * log pi(o_t) (REINFORCE form; A = 1 gives the log-likelihood), loss = -that.
 
@@ -148,6 +179,7 @@ OBJECTIVES: Registry[ObjectiveEntry] = Registry("token objective")
 OBJECTIVES.register("dcpo", ObjectiveEntry(dcpo_objective, DcpoClipParams))
 OBJECTIVES.register("ppo_clip", ObjectiveEntry(ppo_clip_objective, PpoClipParams))
 OBJECTIVES.register("gspo", ObjectiveEntry(gspo_objective, GspoParams))
+OBJECTIVES.register("dppo_tv", ObjectiveEntry(dppo_tv_objective, DppoTvParams))
 OBJECTIVES.register("nll", ObjectiveEntry(nll_objective, NllParams))
 
 

@@ -21,7 +21,8 @@ from .base import Section
 
 Aggregation = Literal["otm", "token_sum", "token_mean", "seq_mean_token_mean"]
 DEFAULT_ALGORITHM = "dcpo"
-_NAME = "Policy-gradient method: dcpo (default), grpo, dapo or gspo; it decides which settings exist."
+_NAME = ("Policy-gradient method: dcpo (default), grpo, dapo or gspo; the ablations grpo_sas and grpo_dac; "
+         "or dppo. It decides which settings exist.")
 
 
 def _aggregation(name: str):
@@ -52,23 +53,33 @@ class _MethodSettings(Section):
         return {}
 
 
-class DcpoSettings(_MethodSettings):
-    """DCPO: dynamic-adaptive clip bounds, smooth advantage standardisation, OTM (docs/algorithm.md)."""
+class DacFields(Section):
+    """Dynamic-adaptive clipping's parameters (DCPO and the GRPO+DAC ablation)."""
 
     refused_hints: ClassVar[dict[str, str]] = {
-        "dual_clip_c": "dcpo clips negative advantages at algo.ratio_cap, one r_max for both signs "
-                       "(docs/algorithm.md [choice-one-ratio-cap]); set algo.ratio_cap",
+        "dual_clip_c": "dynamic-adaptive clipping clips negative advantages at algo.ratio_cap, one r_max for "
+                       "both signs (docs/algorithm.md [choice-one-ratio-cap]); set algo.ratio_cap",
     }
 
-    name: Literal["dcpo"] = Field("dcpo", description=_NAME)
     eps_low: float = Field(0.16, gt=0.0, description="Dynamic lower-bound parameter (paper 0.16); "
                            "must be < 0.25 so the bound is real at q = 1 (docs/algorithm.md [dac-bounds]).")
     eps_high: float = Field(0.2, gt=0.0, description="Dynamic upper-bound parameter (paper 0.2).")
     ratio_cap: float = Field(10.0, gt=1.0, description="r_max: the cap on the dynamic upper bound and "
                              "the dual clip of negative advantages (paper: 10).")
+
+
+class SasFields(Section):
+    """Smooth advantage standardisation's one option (DCPO and the GRPO+SAS ablation)."""
+
     sas_std: Literal["unbiased", "population"] = Field(
         "unbiased", description="Standard deviation of Smooth Advantage Standardisation: unbiased "
         "(G-1, released code) or population (paper A.7); docs/algorithm.md [choice-sas-std].")
+
+
+class DcpoSettings(DacFields, SasFields, _MethodSettings):
+    """DCPO: dynamic-adaptive clip bounds, smooth advantage standardisation, OTM (docs/algorithm.md)."""
+
+    name: Literal["dcpo"] = Field("dcpo", description=_NAME)
     aggregation: Aggregation = _aggregation("dcpo")
 
 
@@ -128,11 +139,44 @@ class GspoSettings(_MethodSettings):
     aggregation: Aggregation = _aggregation("gspo")
 
 
+class GrpoSasSettings(SasFields, PpoClipSettings):
+    """Ablation GRPO+SAS (paper section 5.4): GRPO without KL, with SAS in place of its standardisation."""
+
+    name: Literal["grpo_sas"] = Field("grpo_sas", description=_NAME)
+    aggregation: Aggregation = _aggregation("grpo_sas")
+
+
+class GrpoDacSettings(DacFields, _MethodSettings):
+    """Ablation GRPO+DAC (paper section 5.4): GRPO without KL, with dynamic-adaptive clipping in place of
+    its fixed clip."""
+
+    name: Literal["grpo_dac"] = Field("grpo_dac", description=_NAME)
+    aggregation: Aggregation = _aggregation("grpo_dac")
+
+
+class DppoSettings(_MethodSettings):
+    """DPPO Binary-TV: GRPO's advantages with a probability-difference trust region in place of the
+    ratio clip (docs/algorithm.md [dppo])."""
+
+    refused_hints: ClassVar[dict[str, str]] = {
+        "eps_low": "dppo bounds the probability change, not the ratio: set algo.delta_low",
+        "eps_high": "dppo bounds the probability change, not the ratio: set algo.delta_high",
+    }
+
+    name: Literal["dppo"] = Field("dppo", description=_NAME)
+    delta_low: float = Field(0.15, gt=0.0, lt=1.0, description="A < 0 tokens get no gradient once "
+                             "p - q < -delta_low (q: old probability).")
+    delta_high: float = Field(0.15, gt=0.0, lt=1.0, description="A > 0 tokens get no gradient once "
+                              "p - q > delta_high.")
+    aggregation: Aggregation = _aggregation("dppo")
+
+
+_CLASSES = (DcpoSettings, GrpoSettings, DapoSettings, GspoSettings, GrpoSasSettings, GrpoDacSettings, DppoSettings)
 METHOD_SETTINGS: dict[str, type[_MethodSettings]] = {
-    cls.model_fields["name"].default: cls for cls in (DcpoSettings, GrpoSettings, DapoSettings, GspoSettings)}
+    cls.model_fields["name"].default: cls for cls in _CLASSES}
 assert set(METHOD_SETTINGS) == set(ALGORITHMS.names()), "every registered method needs its settings class"
 
-AlgoConfig = Annotated[Union[DcpoSettings, GrpoSettings, DapoSettings, GspoSettings], Field(discriminator="name")]
+AlgoConfig = Annotated[Union[_CLASSES], Field(discriminator="name")]
 _ADAPTER: TypeAdapter = TypeAdapter(AlgoConfig)
 
 

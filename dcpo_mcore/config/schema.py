@@ -26,6 +26,9 @@ class TrainConfig(Section):
     steps: int = Field(400, ge=1, description="Training steps (rollout batches) to run (paper: 400).")
     eval_interval: int = Field(5, ge=0, description="Evaluate every this many training steps and "
                                "before the first (paper: 5); 0 = never.")
+    eval_k: int = Field(0, ge=0, description="At every evaluation also sample k responses per problem "
+                        "(T = 1, top_p = 1) and report Avg@k next to the greedy Avg@1 (docs/algorithm.md "
+                        "[avg-at-k]); 0 = greedy Avg@1 only.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model: checkpoint, "
                                "architecture, precision.")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Megatron "

@@ -305,18 +305,28 @@ def _sinks(cfg: TrainConfig, start_step: int, resumed: str | None, closers: list
 
 
 def _evaluator(cfg: TrainConfig, client, pool, tokenizer) -> Callable[[int], dict] | None:
-    """Periodic held-out evaluation (greedy Avg@1) on ``data.eval_files``; None when there are none."""
+    """Periodic held-out evaluation on ``data.eval_files``: greedy Avg@1, and sampled Avg@k when
+    ``eval_k`` > 0; None when there are no eval files."""
     if not cfg.data.eval_files or not cfg.eval_interval:
         return None
     from dcpo_mcore.eval import EvalSettings, evaluate
+    from dcpo_mcore.eval.evaluate import metric_label
 
     datasets = [_load_prompts(cfg, [f], tokenizer) for f in cfg.data.eval_files]
-    settings = EvalSettings(k=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)
+    draws = [EvalSettings(k=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)]
+    if cfg.eval_k:
+        draws.append(EvalSettings(k=cfg.eval_k, greedy=False, max_new_tokens=cfg.rollout.max_new_tokens,
+                                  seed=cfg.seed))
 
     def run(step: int) -> dict:
         out: dict = {}
-        for data in datasets:  # metrics are named eval/<data_source>/avg@1
-            out.update(evaluate(client, data, pool, settings, tokenizer=tokenizer, step=step).metrics)
+        for data in datasets:  # eval/<data_source>/avg@1 (greedy), eval/<data_source>/avg@<k> (sampled)
+            for settings in draws:
+                metrics = evaluate(client, data, pool, settings, tokenizer=tokenizer, step=step).metrics
+                if not settings.greedy:  # only its accuracy: the greedy draw's other metrics stay
+                    label = metric_label(False, [settings.k])
+                    metrics = {key: v for key, v in metrics.items() if key.endswith("/" + label)}
+                out.update(metrics)
         return out
 
     return run

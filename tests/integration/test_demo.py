@@ -27,7 +27,7 @@ MIN_GAIN_POINTS = 5.0
 @pytest.mark.timeout(1800)
 def test_short_demo_learns(tmp_path):
     cmd = [sys.executable, "-c", "import sys; from dcpo_mcore.cli import demo_main; sys.exit(demo_main())",
-           "--no-baseline", f"run_dir={tmp_path}", "steps=20", "eval_interval=10", "checkpoint.save_interval=0"]
+           "--no-baseline", f"run_dir={tmp_path}", "steps=20", "eval_interval=10", "eval_k=2", "checkpoint.save_interval=0"]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=1700)
         log.seek(0)
@@ -42,6 +42,11 @@ def test_short_demo_learns(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "clip/token_clip_ratio" in r]
     assert len(train_rows) == 20 and all(r["invariant/first_update_ratio_is_one"] == 1.0 for r in train_rows)
+    # eval_k=2: every evaluation also samples 2 responses per problem: Avg@2 over 200 problems is a
+    # multiple of 1/400, beside the greedy Avg@1 (whose other metrics the sampled draw leaves alone).
+    sampled = [(r["step"], r["eval/synthetic_arith/avg@2"]) for r in rows if "eval/synthetic_arith/avg@2" in r]
+    assert [s for s, _ in sampled] == [0, 10, 20]
+    assert all(0.0 <= v <= 1.0 and abs(v * 400 - round(v * 400)) < 1e-6 for _, v in sampled), sampled
     # The RL result leaves as an HF model (dcpo-convert mcore-to-hf on the run), and transformers' greedy
     # accuracy on it and on the pretrained model agrees with SGLang's in-training evaluations (greedy on both
     # engines; a near-tie can flip an argmax, hence a small tolerance rather than equality).

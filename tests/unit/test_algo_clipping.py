@@ -215,3 +215,26 @@ def test_low_var_kl_hand_value():
     kl = low_var_kl(torch.tensor([0.0]), torch.tensor([0.5]))
     assert kl.item() == pytest.approx(math.exp(0.5) - 1.5, abs=1e-7)
     assert low_var_kl(torch.tensor([0.0]), torch.tensor([50.0])).item() == 10.0  # clamped
+
+
+def test_dppo_tv_masks_by_probability_change_not_ratio_hand_values():
+    """docs/algorithm.md [dppo], delta 0.15 both ways. Per token: (q, p, A) -> masked?, d loss / d logp.
+    A kept token's loss is -A*r, so its gradient in logp is -A*r; a masked token has none."""
+    from dcpo_mcore.algo.objectives import DppoTvParams
+
+    q = torch.tensor([[0.5, 0.5, 0.5, 0.5, 1e-4, 0.9]], dtype=torch.float64)
+    p = torch.tensor([[0.6, 0.7, 0.4, 0.3, 1e-2, 0.6]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, 1.0, 1.0]], dtype=torch.float64)
+    logp = p.log().requires_grad_(True)
+    out = token_objective("dppo_tv", logp, q.log(), adv, torch.ones_like(q), DppoTvParams())
+    out.loss.sum().backward()
+    # 1: +0.1 up, kept (r 1.2). 2: +0.2 up with A > 0, masked. 3: -0.1 down, kept (r 0.8). 4: -0.2 down
+    # with A < 0, masked. 5: a rare token grown 100x moved only +0.0099, kept (a ratio clip would stop
+    # it). 6: A > 0 but p fell 0.3: the mask is one-sided, so kept (r 2/3).
+    assert out.is_clipped_high.tolist() == [[False, True, False, False, False, False]]
+    assert out.is_clipped_low.tolist() == [[False, False, False, True, False, False]]
+    assert not out.is_dual_clipped.any()
+    expected_grad = torch.tensor([[-1.2, 0.0, 0.8, 0.0, -100.0, -2 / 3]], dtype=torch.float64)
+    assert torch.allclose(logp.grad, expected_grad, atol=1e-9), logp.grad
+    # The value of every token, masked or not, is the plain surrogate -A*r.
+    assert torch.allclose(out.loss.detach(), -(adv * p / q), atol=1e-9)

@@ -29,17 +29,36 @@ def test_registry_rejects_duplicates_and_lists_valid_names():
         reg.register("a", 2)
     with pytest.raises(ValueError, match="unknown widget 'b'; valid names: a"):
         reg.get("b")
-    with pytest.raises(ValueError, match="dapo, dcpo, grpo, gspo"):
+    with pytest.raises(ValueError, match="dapo, dcpo, dppo, grpo, grpo_dac, grpo_sas, gspo"):
         ALGORITHMS.get("ppo")
 
 
 def test_every_algorithm_names_registered_parts():
-    assert ALGORITHMS.names() == ["dapo", "dcpo", "grpo", "gspo"]
+    assert ALGORITHMS.names() == ["dapo", "dcpo", "dppo", "grpo", "grpo_dac", "grpo_sas", "gspo"]
     for name in ALGORITHMS:
         spec = ALGORITHMS.get(name)
         assert spec.estimator in ESTIMATORS and spec.objective in OBJECTIVES and spec.aggregation in AGGREGATIONS
     assert ALGORITHMS.get("dcpo").aggregation == "otm" and ALGORITHMS.get("dcpo").estimator == "sas"
     assert ALGORITHMS.get("dapo").aggregation == "token_mean" and ALGORITHMS.get("gspo").objective == "gspo"
+    # The section 5.4 ablations change exactly one part of GRPO.
+    grpo = ALGORITHMS.get("grpo")
+    for name, part in (("grpo_sas", "estimator"), ("grpo_dac", "objective"), ("dppo", "objective")):
+        spec = ALGORITHMS.get(name)
+        differ = [f for f in ("estimator", "objective", "aggregation") if getattr(spec, f) != getattr(grpo, f)]
+        assert differ == [part], (name, differ)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_each_method_settings_build_the_parts_its_composition_names(name):
+    """The settings class decides the parameter types and the composition table the parts; a method
+    whose two sources disagreed (say SAS in the table but GRPO's parameters) would fail here, not in a run."""
+    from dcpo_mcore.algo_setup import build_algorithm
+    from dcpo_mcore.config.algo import algo_config
+
+    parts = build_algorithm(algo_config(name=name))
+    assert isinstance(parts.estimator_params, ESTIMATORS.get(parts.spec.estimator).params_type)
+    assert isinstance(parts.loss.objective_params, OBJECTIVES.get(parts.spec.objective).params_type)
+    assert parts.loss.aggregation == parts.spec.aggregation
 
 
 def test_compute_advantages_dispatch():

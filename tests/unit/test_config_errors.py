@@ -66,7 +66,7 @@ INVALID = {
                                                  "model.hf_path"]),
     "server_tp": (["rollout.server_tp_size=3"], ["rollout.server_tp_size: 3", "model.num_attention_heads=4"]),
     "gspo_ratio_cap": (["algo.name=gspo", "algo.ratio_cap=3"],
-                       ["algo.ratio_cap: not a setting of algo.name=gspo (only of dcpo)", "gspo's settings"]),
+                       ["algo.ratio_cap: not a setting of algo.name=gspo (only of dcpo, grpo_dac)", "gspo's settings"]),
     "reward_scheme": (["reward.scheme=quaternary"], ["reward.scheme", "'ternary'", "got 'quaternary'"]),
     "params_dtype": (["model.params_dtype=float16"], ["model.params_dtype", "got 'float16'"]),
     "steps": (["steps=0"], ["steps", "greater than or equal to 1"]),

@@ -125,7 +125,7 @@ def test_missing_or_bad_hf_config(tmp_path):
 
 
 # ---------------------------------------------------------------- resolved config
-@pytest.mark.parametrize("name", ["dcpo", "grpo", "dapo", "gspo"])
+@pytest.mark.parametrize("name", ["dcpo", "grpo", "dapo", "gspo", "grpo_sas", "grpo_dac", "dppo"])
 def test_save_resolved_config_round_trips(tmp_path, name):
     extra = ["algo.overlong_buffer_len=4"] if name == "dapo" else []
     cfg = load_config(TINY, [f"algo.name={name}", "rollout.max_new_tokens=16", *extra,
@@ -133,7 +133,8 @@ def test_save_resolved_config_round_trips(tmp_path, name):
     path = save_resolved_config(cfg, tmp_path / "run")
     assert path == tmp_path / "run" / "config.yaml"
     saved = yaml.safe_load(path.read_text())
-    assert saved["algo"]["eps_low"] == cfg.algo.eps_low  # algorithm defaults are written out
+    low = "delta_low" if name == "dppo" else "eps_low"
+    assert saved["algo"][low] == getattr(cfg.algo, low)  # algorithm defaults are written out
     assert saved["checkpoint"]["dir"] == cfg.checkpoint.dir
     assert load_config(path) == cfg
     assert config_to_dict(load_config(path)) == config_to_dict(cfg)

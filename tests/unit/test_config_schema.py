@@ -34,13 +34,15 @@ def test_every_field_has_a_description():
 
 def test_every_section_forbids_unknown_keys():
     sections = {TrainConfig} | {owner for _, _, owner in _walk(TrainConfig)}
-    assert len(sections) == 15  # 11 sections, the root and one settings class per method (4)
+    # the root, its 10 section classes and, for the `algo` union, one settings class per method
+    # (4 methods, 2 ablations, dppo)
+    assert len(sections) == 18
     assert all(s.model_config.get("extra") == "forbid" for s in sections)
 
 
 def test_sections_and_their_fields():
     assert list(TrainConfig.model_fields) == [
-        "run_dir", "seed", "steps", "eval_interval", "model", "parallel", "rollout", "reward", "algo",
+        "run_dir", "seed", "steps", "eval_interval", "eval_k", "model", "parallel", "rollout", "reward", "algo",
         "optim", "data", "checkpoint", "logging", "sync", "launch"]
     paths = {p for p, _, _ in _walk(TrainConfig)}
     for p in ["model.hf_path", "model.init_checkpoint", "model.fp8_recipe", "parallel.recompute",
@@ -68,6 +70,11 @@ EXPECTED_ALGO = {
     "dapo": dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0, aggregation="token_mean", kl_coef=0.0,
                  dynamic_sampling=True, max_gen_batches=10, overlong_buffer_len=512, overlong_penalty=1.0),
     "gspo": dict(eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean_token_mean", kl_coef=0.0),
+    # The section 5.4 ablations: GRPO without KL, plus DCPO's SAS or its DAC (with DCPO's parameters).
+    "grpo_sas": dict(eps_low=0.2, eps_high=0.2, dual_clip_c=None, sas_std="unbiased",
+                     aggregation="seq_mean_token_mean", kl_coef=0.0),
+    "grpo_dac": dict(eps_low=0.16, eps_high=0.2, ratio_cap=10.0, aggregation="seq_mean_token_mean", kl_coef=0.0),
+    "dppo": dict(delta_low=0.15, delta_high=0.15, aggregation="seq_mean_token_mean", kl_coef=0.0),
 }
 COMMON = {"name", "kl_coef", "kl_type", "ppo_epochs", "mini_batch_prompts", "entropy_coef"}
 
@@ -110,9 +117,12 @@ def test_user_value_beats_algorithm_default():
 
 @pytest.mark.parametrize("overrides,needles", [
     (["algo.name=dcpo", "algo.dual_clip_c=3.0"], ["algo.dual_clip_c: not a setting of algo.name=dcpo", "ratio_cap"]),
-    (["algo.name=grpo", "algo.ratio_cap=3.0"], ["algo.ratio_cap: not a setting of algo.name=grpo (only of dcpo)"]),
+    (["algo.name=grpo", "algo.ratio_cap=3.0"],
+     ["algo.ratio_cap: not a setting of algo.name=grpo (only of dcpo, grpo_dac)"]),
     (["algo.name=grpo", "algo.sas_std=population"], ["algo.sas_std: not a setting of algo.name=grpo"]),
-    (["algo.name=gspo", "algo.dual_clip_c=3"], ["algo.dual_clip_c: not a setting of algo.name=gspo (only of grpo, dapo)"]),
+    (["algo.name=gspo", "algo.dual_clip_c=3"], ["algo.dual_clip_c: not a setting of algo.name=gspo (only of grpo, dapo, grpo_sas)"]),
+    (["algo.name=dppo", "algo.eps_high=0.2"], ["algo.eps_high: not a setting of algo.name=dppo", "algo.delta_high"]),
+    (["algo.name=grpo_dac", "algo.dual_clip_c=3"], ["algo.dual_clip_c: not a setting of algo.name=grpo_dac", "ratio_cap"]),
     (["algo.name=dcpo", "algo.overlong_penalty=1"], ["algo.overlong_penalty: not a setting of algo.name=dcpo (only of dapo)"]),
 ])
 def test_a_setting_the_method_does_not_use_is_refused(overrides, needles):

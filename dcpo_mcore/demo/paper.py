@@ -285,8 +285,9 @@ def claims(runs: dict[str, list[RunSummary]]) -> list[Claim]:
     if runs.get("dcpo") and others:
         parts = [paired_verdict(*_paired(runs, "dcpo", o, _sampled_acc)) for o in others]
         add("Fig. 3: full DCPO is the best of all variants", all_of(parts),
-            f"DCPO {fmt(_values(runs, 'dcpo', _sampled_acc), 100, 1)}%; beaten by none of "
-            f"{', '.join(o for o, p in zip(others, parts) if p.verdict != FAILS) or '-'}",
+            f"DCPO {fmt(_values(runs, 'dcpo', _sampled_acc), 100, 1)}%; "
+            + "; ".join(f"{word}: {', '.join(o for o, p in zip(others, parts) if p.verdict == v) or '-'}"
+                        for word, v in (("beats", HOLDS), ("loses to", FAILS), ("unresolved against", UNRESOLVED))),
             "must hold against every other run")
     if have("grpo", "grpo_binary", "dcpo"):
         ternary, binary = _paired(runs, "grpo", "grpo_binary", _rur())

@@ -123,6 +123,9 @@ def test_claims_on_made_up_runs():
     assert by_start("Fig. 3: GRPO + OTM") == [HOLDS] and by_start("Fig. 3: GRPO + SAS") == [HOLDS]
     assert by_start("Fig. 3: GRPO + DAC alone exceeds") == [HOLDS]
     assert by_start("Fig. 3: full DCPO") == [HOLDS]
+    best = [c for c in paper.claims(_runs()) if c.text.startswith("Fig. 3: full DCPO")][0]
+    assert best.measured.endswith("beats: grpo, dapo, gspo, dppo, grpo_nokl, grpo_otm, grpo_sas, grpo_dac; "
+                                  "loses to: -; unresolved against: -"), best.measured
     assert by_start("B8") == [UNRESOLVED]  # one seed of the ±1 run: a share, no verdict
     b8 = [c for c in paper.claims(_runs()) if c.text.startswith("B8")][0]
     # GRPO ternary mean RUR seed 1 = (2*0.9 + 4*0.65 + 2*0.4)/8 = 0.65; ±1 = (2*0.6+4*0.45+2*0.3)/8 = 0.45;

@@ -1,7 +1,10 @@
 """The README's first command, shortened: `dcpo-demo` end to end (tokenizer + model -> task -> megatron
 pretraining -> real SGLang + DCPO -> eval -> report), asserting that RL raises held-out greedy accuracy.
 
-Shortened to 20 RL steps without the baseline (~6 min on 2 cores). The margin is against the same run's
+Shortened to 20 RL steps without the baseline (~6 min on 2 cores). Pretraining may take up to 1200 s
+instead of the demo's 420: it normally stops at its 35% target in ~100 s, but on a busy machine the
+420 s clock stopped it at 4% (a CI run while another demo pretrained beside it), and the assertions
+below are about RL from a partly trained start, not about this machine's speed. The margin is against the same run's
 pre-RL score and well below the measured gain (+12.5 points at step 20 of the default run, seed 1),
 because two runs of the same seed sample differently and 200 questions vary by a few points
 (docs/platform.md [demo-calibration]).
@@ -27,7 +30,7 @@ MIN_GAIN_POINTS = 5.0
 @pytest.mark.timeout(1800)
 def test_short_demo_learns(tmp_path):
     cmd = [sys.executable, "-c", "import sys; from dcpo_mcore.cli import demo_main; sys.exit(demo_main())",
-           "--no-baseline", f"run_dir={tmp_path}", "steps=20", "eval_interval=10", "eval_k=2", "checkpoint.save_interval=0"]
+           "--no-baseline", "--pretrain-max-seconds", "1200", f"run_dir={tmp_path}", "steps=20", "eval_interval=10", "eval_k=2", "checkpoint.save_interval=0"]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=1700)
         log.seek(0)

@@ -18,7 +18,7 @@ from dcpo_mcore.algo import (
     PpoClipParams,
     SasParams,
 )
-from dcpo_mcore.config.algo import DppoSettings, GspoSettings, PpoClipSettings, DacFields, SasFields
+from dcpo_mcore.config.algo import DacFields, DppoSettings, GspoSettings, PpoClipSettings, SasFields
 
 
 @dataclass(frozen=True)

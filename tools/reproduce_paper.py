@@ -69,6 +69,11 @@ def say(msg: str) -> None:
     print(f"[paper] {msg}", flush=True)
 
 
+def run_path(root: Path, label: str, seed: int) -> Path:
+    """Where one run of the plan lives."""
+    return root / label / f"seed{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from dcpo_mcore.config import load_config
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_one(args, spec, seed, pool, pre, root, f"{i}/{len(runs)}")
         if rc != 0:
             print(f"reproduce_paper: {spec.label} seed {seed} failed with exit code {rc}; see "
-                  f"{root / spec.label / f'seed{seed}' / 'train.log'}. Call again with --reuse to resume.",
+                  f"{run_path(root, spec.label, seed) / 'train.log'}. Call again with --reuse to resume.",
                   file=sys.stderr)
             return 1
     return write_report(args, root, runs)
@@ -149,7 +154,7 @@ def run_one(args, spec, seed: int, pool: Path, pre, root: Path, position: str) -
     from dcpo_mcore.config import load_config
     from dcpo_mcore.demo import experiments
 
-    run_dir = root / spec.label / f"seed{seed}"
+    run_dir = run_path(root, spec.label, seed)
     overrides = run_overrides(args, spec, seed, pool, pre, run_dir)
     expected = load_config(args.config, overrides)
     if experiments.finished(run_dir, args.steps, expected, say):
@@ -170,14 +175,14 @@ def load_summaries(args, root: Path, runs) -> dict:
     from dcpo_mcore.eval import dataset_name
     from dcpo_mcore.metrics import read_metrics
 
+    dataset = dataset_name(ARITH_DATA_SOURCE)
     out: dict[str, list] = {}
     for spec, seed in runs:
-        run_dir = root / spec.label / f"seed{seed}"
         try:
-            records = read_metrics(run_dir)
+            records = read_metrics(run_path(root, spec.label, seed))
         except (OSError, ValueError):
             continue
-        summary = paper.summarise_run(spec.label, seed, records, dataset_name(ARITH_DATA_SOURCE), args.eval_k)
+        summary = paper.summarise_run(spec.label, seed, records, dataset, args.eval_k)
         if summary.steps and summary.steps[-1] >= args.steps:
             out.setdefault(spec.label, []).append(summary)
         else:

@@ -53,15 +53,15 @@ def reuse_pretrained(run: Path):
 
 def finished(run_dir: Path, steps: int, expected, say: Callable[[str], None] = print) -> bool:
     """True if run_dir holds a completed run of exactly the config ``expected``."""
-    from dcpo_mcore.config import config_to_dict, load_config
     from dcpo_mcore.metrics import read_metrics
 
     try:
         done = any(r.get("step") == steps and TRAIN_STEP_KEY in r for r in read_metrics(run_dir))
-        recorded = config_to_dict(load_config(run_dir / "config.yaml"))
-    except Exception:  # noqa: BLE001 - no or unreadable metrics/config: not finished
+    except Exception:  # noqa: BLE001 - no or unreadable metrics: not finished
         return False
-    changed = differing_keys(recorded, config_to_dict(expected))
+    changed = recorded_differences(run_dir, expected)
+    if changed is None:
+        return False
     if done and changed:
         say(f"{run_dir}: settings differ from this call ({', '.join(changed[:5])}); running it again")
     return done and not changed
@@ -69,13 +69,19 @@ def finished(run_dir: Path, steps: int, expected, say: Callable[[str], None] = p
 
 def same_settings(run_dir: Path, expected) -> bool:
     """True if run_dir's recorded config equals ``expected`` (so its checkpoint may be resumed)."""
+    return recorded_differences(run_dir, expected) == []
+
+
+def recorded_differences(run_dir: Path, expected) -> list[str] | None:
+    """The dotted keys in which run_dir's recorded config.yaml differs from ``expected``; None when
+    nothing readable is recorded."""
     from dcpo_mcore.config import config_to_dict, load_config
 
     try:
         recorded = config_to_dict(load_config(run_dir / "config.yaml"))
-    except Exception:  # noqa: BLE001 - nothing recorded yet
-        return False
-    return not differing_keys(recorded, config_to_dict(expected))
+    except Exception:  # noqa: BLE001 - no or unreadable config
+        return None
+    return differing_keys(recorded, config_to_dict(expected))
 
 
 def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,7 +1,6 @@
 """tools/reproduce_paper.py and dcpo_mcore/demo/paper.py: the plan, the series read from metrics, the
 verdict arithmetic by hand, the claims on made-up runs, and what a second call reuses, resumes or reruns."""
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
@@ -200,8 +199,7 @@ def test_a_second_call_reuses_resumes_or_reruns(setup, monkeypatch, tmp_path):
     record(3, overrides)  # finished: reused, no process
     tool.run_one(args, spec, 1, pool, pre, root, "1/1")
     assert len(calls) == 2
-    other = [o if not o.startswith("optim.lr") else o for o in overrides] + ["optim.lr=1e-5"]
-    record(3, other)  # made with another lr: started over, its directory removed first
+    record(3, [*overrides, "optim.lr=1e-5"])  # made with another lr: started over, its directory removed first
     marker = run_dir / "marker"
     marker.write_text("x")
     tool.run_one(args, spec, 1, pool, pre, root, "1/1")
@@ -212,4 +210,3 @@ def test_a_root_with_runs_is_refused_without_reuse(tmp_path, capsys):
     (tmp_path / "root" / "dcpo").mkdir(parents=True)
     assert tool.main(["--root", str(tmp_path / "root"), "--only", "dcpo"]) == 2
     assert "already holds runs; pass --reuse" in capsys.readouterr().err
-    assert math.isfinite(tool.SECONDS_PER_STEP_GUESS)

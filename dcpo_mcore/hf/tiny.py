@@ -99,6 +99,7 @@ def make_tiny_hf_model(
     num_kv_heads: int = 2, ffn: int = 128, vocab_size: int | None = None, tie_word_embeddings: bool = False,
     seed: int = 0, rope_scaling: bool | Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32,
     head_dim: int | None = None, max_position_embeddings: int | None = None, tokenizer_vocab_size: int = 400,
+    tokenizer: Any = None,
 ) -> Path:
     """Save a random ``family`` ("qwen2" | "qwen3" | "llama") causal LM and its tokenizer to ``out_dir``.
 
@@ -113,7 +114,10 @@ def make_tiny_hf_model(
     rope = _rope(family, rope_scaling)
     if max_position_embeddings is None:
         max_position_embeddings = 4 * rope.get("original_max_position_embeddings", 512)
-    tokenizer = make_bpe_tokenizer(out, vocab_size=tokenizer_vocab_size, model_max_length=max_position_embeddings)
+    if tokenizer is None:
+        tokenizer = make_bpe_tokenizer(out, vocab_size=tokenizer_vocab_size, model_max_length=max_position_embeddings)
+    else:
+        tokenizer.save_pretrained(str(out))
     n_tok = len(tokenizer)
     vocab_size = n_tok if vocab_size is None else vocab_size
     if vocab_size < n_tok:
@@ -123,7 +127,8 @@ def make_tiny_hf_model(
         num_key_value_heads=num_kv_heads, intermediate_size=ffn, vocab_size=vocab_size,
         tie_word_embeddings=tie_word_embeddings, head_dim=head_dim or hidden_size // num_heads,
         max_position_embeddings=max_position_embeddings, rope_parameters=rope,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     model = model_class(config)
     _randomize(model, seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SKIP_REASON
+from tests.integration.conftest import ARCH_FROM_CHECKPOINT, SKIP_REASON
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
@@ -110,10 +110,7 @@ def qwen25(tmp_path_factory):
 
 def _train_args(model: Path, train: Path, url: str, run_dir: Path, *extra: str) -> list[str]:
     return ["--config", "configs/tiny_test.yaml", f"run_dir={run_dir}", f"model.hf_path={model}",
-            # the architecture comes from the checkpoint's config.json, not tiny_test.yaml's explicit one
-            "model.num_layers=null", "model.hidden_size=null", "model.ffn_hidden_size=null",
-            "model.num_attention_heads=null", "model.num_query_groups=null", "model.vocab_size=null",
-            "model.max_position_embeddings=null", f"data.train_files=[{train}]", "data.chat_template=tokenizer",
+            *ARCH_FROM_CHECKPOINT, f"data.train_files=[{train}]", "data.chat_template=tokenizer",
             f"rollout.server_urls=[{url}]", "rollout.num_servers=0", f"rollout.max_prompt_tokens={MAX_PROMPT_TOKENS}",
             f"rollout.max_new_tokens={MAX_NEW_TOKENS}", f"steps={STEPS}", "checkpoint.save_interval=0",
             "parallel.tensor_model_parallel_size=2", "algo.mini_batch_prompts=2", "optim.lr=1e-3", *extra]
@@ -172,8 +169,10 @@ def test_dcpo_eval_on_aime24_avg1_and_avgk(qwen25, tmp_path):
     rc, out = _run([*base, "--sample", "--k", "3", "--out", str(sampled)])
     assert rc == 0, out[-3000:]
     g, s = json.loads(greedy.read_text()), json.loads(sampled.read_text())
-    text = json.dumps([g, s])
-    assert "eval/qwen_aime_2024/avg@1" in text and "eval/qwen_aime_2024/avg@3" in text, text[:2000]
+    assert 0.0 <= g["metrics"]["eval/qwen_aime_2024/avg@1"] <= 1.0, g
+    assert 0.0 <= s["metrics"]["eval/qwen_aime_2024/avg@3"] <= 1.0, s
+    assert (g["datasets"]["qwen_aime_2024"]["problems"], g["datasets"]["qwen_aime_2024"]["samples"]) == (4, 4), g
+    assert (s["datasets"]["qwen_aime_2024"]["problems"], s["datasets"]["qwen_aime_2024"]["samples"]) == (4, 12), s
 
 
 @pytest.mark.timeout(900)

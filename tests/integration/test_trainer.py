@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SKIP_REASON
+from tests.integration.conftest import ARCH_FROM_CHECKPOINT, SKIP_REASON
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
@@ -89,11 +89,7 @@ def setup(tmp_path_factory):
 
 def _args(setup, run_dir: Path, *extra: str) -> list[str]:
     return ["--config", "configs/tiny_test.yaml", f"run_dir={run_dir}", f"model.hf_path={setup['model']}",
-            # the architecture comes from the checkpoint's config.json, not tiny_test.yaml's explicit one
-            "model.num_layers=null", "model.hidden_size=null", "model.ffn_hidden_size=null",
-            "model.num_attention_heads=null", "model.num_query_groups=null", "model.vocab_size=null",
-            "model.max_position_embeddings=null",
-            f"data.train_files=[{setup['train']}]", "data.chat_template=none",
+            *ARCH_FROM_CHECKPOINT, f"data.train_files=[{setup['train']}]", "data.chat_template=none",
             f"rollout.server_urls=[{setup['url']}]", "rollout.num_servers=0", "rollout.max_prompt_tokens=64",
             "rollout.max_new_tokens=12", f"steps={STEPS}", "checkpoint.save_interval=1", "checkpoint.keep_last=3",
             "algo.mini_batch_prompts=2", "optim.lr=3e-4", *extra]

@@ -15,6 +15,7 @@
 DCPO_STEP_PIDS=()
 DCPO_STEP_NAMES=()
 DCPO_TRAINER_PID=""
+DCPO_DEAD_STEP=""  # the service step whose death stopped the job
 DCPO_TORN_DOWN=0
 
 dcpo_log() { printf '[dcpo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -117,6 +118,7 @@ dcpo_wait_trainer() {
             if [[ "$pid" == "$DCPO_TRAINER_PID" ]]; then continue; fi
             if ! dcpo_alive "$pid"; then
                 dcpo_log "error: step ${DCPO_STEP_NAMES[$i]} exited while the trainer was running; see $DCPO_LOG_DIR/${DCPO_STEP_NAMES[$i]}.log"
+                DCPO_DEAD_STEP="${DCPO_STEP_NAMES[$i]}"
                 return 1
             fi
         done
@@ -160,6 +162,8 @@ dcpo_main() {
     fi
     if ((rc == 0)); then
         dcpo_log "trainer finished"
+    elif [[ -n "$DCPO_DEAD_STEP" ]]; then
+        dcpo_log "error: stopping the job because step $DCPO_DEAD_STEP died; the trainer resumes from its last checkpoint when resubmitted"
     else
         dcpo_log "error: trainer failed (exit $rc); see $DCPO_LOG_DIR/trainer.log"
     fi

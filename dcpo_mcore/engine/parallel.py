@@ -1,7 +1,9 @@
 """Process-group setup for the policy: torch.distributed, megatron parallel_state, CPU compat, seeds."""
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -12,6 +14,8 @@ from megatron.core import tensor_parallel
 from .cpu_compat import apply_cpu_compat
 from .layout import ParallelLayout
 from dcpo_mcore.errors import UserValueError
+
+log = logging.getLogger(__name__)
 
 
 def init_distributed(timeout_s: float = 600.0) -> None:
@@ -42,5 +46,17 @@ def init_model_parallel(layout: ParallelLayout, seed: int) -> None:
         pipeline_model_parallel_size=layout.pp,
         virtual_pipeline_model_parallel_size=layout.vpp,
     )
+    _log_layout(layout, world)
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def _log_layout(layout: ParallelLayout, world: int) -> None:
+    """One line on rank 0 saying which hosts the ranks run on: on a cluster it shows that a run spans
+    the nodes it was given (a collective: every rank calls it)."""
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, socket.gethostname())
+    if dist.get_rank() == 0:
+        names = list(dict.fromkeys(hosts))
+        log.info("world %d rank(s) on %d host(s) (%s): TP%d PP%d DP%d", world, len(names), ", ".join(names),
+                 layout.tp, layout.pp, world // (layout.tp * layout.pp))

@@ -191,9 +191,11 @@ def _disagg_step_resources(launch, env: Mapping[str, str], tasks_per_node: int |
     trainer steps take their nodes' GPUs, all their CPUs shared out between the step's tasks (an
     ``--exact`` step otherwise gets one CPU per task) and all their memory. The router needs no GPU: it
     shares the first rollout node with the server step (``--overlap``) and asks for no GRES, so it never
-    waits for GPUs that step holds."""
+    waits for GPUs that step holds. On CPU nodes (``gpus_per_node: 0``) it asks for nothing: a cluster
+    without GresTypes refuses ``--gres=none`` ("Invalid Trackable RESource specification"), as the
+    namespace cluster showed (docs/slurm.md [netns-cluster])."""
     if tasks_per_node is None:
-        return ["--overlap", "--gres=none"]
+        return ["--overlap", "--gres=none"] if launch.gpus_per_node else ["--overlap"]
     opts = ["--exact", "--mem=0"]
     if launch.gpus_per_node:
         opts.append(f"--gpus-per-node={launch.gpus_per_node}")

@@ -44,6 +44,40 @@ ARCH_FROM_CHECKPOINT = ("model.num_layers=null", "model.hidden_size=null", "mode
 requires_sglang = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
+def teach_boxed_answers(model_dir: Path, train_file: Path, steps: int = 150) -> None:
+    """A few seconds of supervised training in plain transformers, so sampling at T=1 is right
+    some of the time (a random model never writes \\boxed{}, and every reward would be -1). It teaches
+    the raw prompt text: run the trainer with ``data.chat_template=none`` (150 steps: about 95% of
+    T=1 samples are well-formed and 70% right, measured on the arithmetic task)."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rows = pq.read_table(train_file).to_pylist()
+    texts = [(r["prompt"][-1]["content"], f"\\boxed{{{r['reward_model']['ground_truth']}}}") for r in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(texts), (32,), generator=gen).tolist()
+        batch = []
+        for i in idx:
+            q, a = texts[i]
+            p = tok.encode(q, add_special_tokens=False)
+            r = tok.encode(a, add_special_tokens=False) + [tok.eos_token_id]
+            batch.append((p + r, [-100] * len(p) + r))
+        width = max(len(x) for x, _ in batch)
+        ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in batch])
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(model_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     from dcpo_mcore.hf.tiny import make_tiny_hf_model

@@ -5,9 +5,11 @@
 * slurm/dcpo_colocated.sbatch with the contract stand-in trainer (``contract_trainer_main`` below, run as
   ``python -m tests.integration.test_slurm``: the dcpo-train launch contract, no megatron, seconds per run):
   the real SGLang server step, a 2-rank torchrun trainer step, then SIGUSR1 to the job's steps
-  (``scancel -s USR1``), checkpoint + PREEMPTED, ``scontrol requeue``, resume, completion;
-* the same with the real ``dcpo-train`` (TP2, a few DCPO steps), the USR1 sent to the batch shell
-  (``scancel --batch -s USR1``, forwarded by the launcher); skipped until dcpo_mcore/trainer/loop.py exists.
+  (``scancel -s USR1``), checkpoint + PREEMPTED, ``scontrol requeue``, resume, completion.
+
+The real ``dcpo-train`` under Slurm, with the USR1 sent to the batch shell (``scancel --batch -s USR1``,
+forwarded by the launcher), requeue and resume, runs across three nodes in test_slurm_cluster.py; the
+same job on one node is no longer repeated here (CI time).
 
 The daemons are stopped by PID at the end (tools/setup_slurm.sh stop). Skipped, with the reason, only when
 Slurm cannot be installed here (not root / no apt-get: setup exits 3).
@@ -15,7 +17,6 @@ Slurm cannot be installed here (not root / no apt-get: setup exits 3).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -29,18 +30,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import SKIP_REASON as SGLANG_SKIP
+from tests.integration.slurm_jobs import job_field, sh, submit_and_preempt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "tools" / "setup_slurm.sh"
-
-
-def _sh(*cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode:
-        raise AssertionError(f"{' '.join(cmd)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 @pytest.fixture(scope="module")
@@ -63,63 +58,18 @@ def slurm():
             assert not status.exists() or "\nState:\tZ" in status.read_text(), f"{name} (pid {pid}) still running"
 
 
-def _job_field(job: str, key: str) -> str | None:
-    res = _sh("scontrol", "show", "job", job, check=False)
-    for tok in res.stdout.split():
-        if tok.startswith(key + "="):
-            return tok.split("=", 1)[1]
-    return None
-
-
 @pytest.mark.timeout(300)
 def test_trivial_sbatch_wait_with_two_task_step(slurm, tmp_path):
     script = tmp_path / "t.sbatch"
     out = tmp_path / "out.txt"
     script.write_text("#!/bin/bash\n#SBATCH --ntasks=2\nsrun bash -c 'echo task $SLURM_PROCID of $SLURM_NTASKS'\n")
-    _sh("sbatch", "--wait", "-o", str(out), str(script), timeout=240)
+    sh("sbatch", "--wait", "-o", str(out), str(script), timeout=240)
     lines = sorted(out.read_text().split("\n"))
     assert "task 0 of 2" in lines and "task 1 of 2" in lines
 
 
 def _launch_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "DCPO_LOG_ROOT": str(tmp_path / "logs"), **extra}
-
-
-def _submit_and_preempt(tmp_path: Path, env: dict, args: list[str], *, signal_args: list[str],
-                        after_lines: int, timeout_s: float) -> tuple[str, Path]:
-    """sbatch --wait the colocated launcher; once metrics.jsonl has ``after_lines`` lines, send USR1 with
-    ``scancel signal_args``; hurry the requeued job past Slurm's requeue delay; wait for the end."""
-    run_dir = tmp_path / "run"
-    out = tmp_path / "job.out"
-    proc = subprocess.Popen(["sbatch", "--wait", "--parsable", "-o", str(out), "slurm/dcpo_colocated.sbatch", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = None
-    deadline = time.monotonic() + timeout_s
-    metrics = run_dir / "metrics.jsonl"
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if job is None:
-                ids = _sh("squeue", "-h", "-o", "%i %j").stdout.split()
-                job = ids[0] if ids else None
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= after_lines:
-                break
-            time.sleep(2)
-        assert proc.poll() is None, f"the job ended before it could be preempted:\n{out.read_text()}"
-        assert job is not None and metrics.exists(), f"no progress in time:\n{out.read_text() if out.exists() else ''}"
-        _sh("scancel", *signal_args, job)
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _job_field(job, "JobState") == "PENDING" and _job_field(job, "Restarts") == "1":
-                _sh("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)  # skip the requeue delay
-            time.sleep(2)
-        rc = proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            if job:
-                _sh("scancel", job, check=False)
-            proc.kill()
-    log = out.read_text()
-    assert rc == 0, f"sbatch --wait exit {rc}:\n{log}"
-    return job, run_dir
 
 
 @pytest.mark.skipif(SGLANG_SKIP is not None, reason=SGLANG_SKIP or "")
@@ -133,43 +83,18 @@ def test_colocated_launcher_with_contract_trainer_requeues_and_resumes(slurm, tm
             "model.vocab_size=null", "model.max_position_embeddings=null",  # the checkpoint's own
             "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
             "steps=8", "checkpoint.save_interval=2"]
-    job, run_dir = _submit_and_preempt(tmp_path, env, args, signal_args=["-s", "USR1"], after_lines=2,
+    job, run_dir = submit_and_preempt(tmp_path, env, args, signal_args=["-s", "USR1"], after_lines=2,
                                        timeout_s=1400)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))  # no step lost or repeated across the requeue
     assert {r["attempt"] for r in rows} == {0, 1} and all(r["world"] == 2 and r["allreduce"] == 3.0 for r in rows)
     assert (run_dir / "checkpoints" / "latest").read_text() == "8"
     assert not (run_dir / "PREEMPTED").exists() or rows[-1]["step"] == 8
-    assert _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") == "COMPLETED"
+    assert job_field(job, "Restarts") == "1" and job_field(job, "JobState") == "COMPLETED"
     logs = tmp_path / "logs" / f"dcpo-colocated-{job}"
     assert {"launcher.log", "sglang.log", "trainer.log"} <= {p.name for p in logs.iterdir()}
     assert (logs / "trainer.log").read_text().count("===== trainer: job") == 2
-    assert _sh("squeue", "-h").stdout.strip() == ""  # nothing left running
-
-
-@pytest.mark.skipif(SGLANG_SKIP is not None, reason=SGLANG_SKIP or "")
-@pytest.mark.timeout(2400)
-def test_colocated_dcpo_train_tp2_metrics_checkpoint_and_usr1_resume(slurm, tmp_path, tiny_qwen2):
-    from dcpo_mcore.data.synthetic import make_arithmetic_task
-
-    train, _ = make_arithmetic_task(tmp_path / "data", seed=0, n_train=64, n_eval=8)
-    steps = 6
-    args = ["configs/tiny_test.yaml", f"run_dir={tmp_path / 'run'}", f"model.hf_path={tiny_qwen2}",
-            "model.vocab_size=null", "model.max_position_embeddings=null",  # the checkpoint's own
-            "parallel.tensor_model_parallel_size=2", f"data.train_files=[{train}]",
-            f"steps={steps}", "checkpoint.save_interval=1", "checkpoint.keep_last=2"]
-    job, run_dir = _submit_and_preempt(tmp_path, _launch_env(tmp_path), args, signal_args=["--batch", "-s", "USR1"],
-                                       after_lines=2, timeout_s=2300)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    step_of = [r.get("step") for r in rows]
-    assert step_of[-1] == steps and sorted(set(step_of)) == list(range(1, steps + 1)), step_of
-    assert any(k.startswith("reward/") for k in rows[-1]) and any(k.startswith("loss/") for k in rows[-1])
-    ckpts = [p for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".")]
-    assert ckpts, "no checkpoint written"
-    assert _job_field(job, "Restarts") == "1" and _job_field(job, "JobState") == "COMPLETED"
-    trainer_log = (tmp_path / "logs" / f"dcpo-colocated-{job}" / "trainer.log").read_text()
-    assert trainer_log.count("===== trainer: job") == 2
-    assert _sh("squeue", "-h").stdout.strip() == ""
+    assert sh("squeue", "-h").stdout.strip() == ""  # nothing left running
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ARCH_FROM_CHECKPOINT, SKIP_REASON
+from tests.integration.conftest import ARCH_FROM_CHECKPOINT, SKIP_REASON, teach_boxed_answers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
@@ -37,38 +37,6 @@ VOLATILE = ("timing/", "perf/tokens_per_second", "sync/seconds", "sync/gbps", "s
             "sync/drain_seconds", "sync/attempts")
 
 
-def _teach(model_dir: Path, train_file: Path, steps: int = 150) -> None:
-    """A few seconds of supervised training in plain transformers, so sampling at T=1 is right
-    some of the time (a random model never writes \\boxed{}, and every reward would be -1)."""
-    import pyarrow.parquet as pq
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    rows = pq.read_table(train_file).to_pylist()
-    texts = [(r["prompt"][-1]["content"], f"\\boxed{{{r['reward_model']['ground_truth']}}}") for r in rows]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(texts), (32,), generator=gen).tolist()
-        batch = []
-        for i in idx:
-            q, a = texts[i]
-            p = tok.encode(q, add_special_tokens=False)
-            r = tok.encode(a, add_special_tokens=False) + [tok.eos_token_id]
-            batch.append((p + r, [-100] * len(p) + r))
-        width = max(len(x) for x, _ in batch)
-        ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in batch])
-        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
-        loss = model(input_ids=ids, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(model_dir)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from dcpo_mcore.data import make_arithmetic_task
@@ -78,7 +46,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     model = make_tiny_hf_model("qwen2", root / "model", seed=5)
     train_file, eval_file = make_arithmetic_task(root / "data", seed=0, n_train=64, n_eval=16)
-    _teach(model, train_file)
+    teach_boxed_answers(model, train_file)
     manager = ServerManager(LaunchSpec(model_path=str(model), num_servers=1, random_seed=0,
                                        startup_timeout_s=480), root / "servers").start()
     try:

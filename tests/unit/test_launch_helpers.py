@@ -17,7 +17,7 @@ from dcpo_mcore.launch.wait_healthy import pid_alive, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = [ROOT / "slurm/dcpo_colocated.sbatch", ROOT / "slurm/dcpo_disagg.sbatch", ROOT / "slurm/common.sh",
-           ROOT / "tools/setup_slurm.sh"]
+           ROOT / "tools/setup_slurm.sh", ROOT / "tools/setup_slurm_cluster.sh", ROOT / "tools/slurm_lib.sh"]
 
 
 # ------------------------------------------------------------------------------------------ wait_healthy

@@ -14,6 +14,9 @@ from dcpo_mcore.launch.slurm_env import port_block, resolve, to_shell
 ROOT = Path(__file__).resolve().parents[1].parent
 RECIPE_14B = str(ROOT / "configs/qwen2.5-14b_dcpo.yaml")
 TINY = str(ROOT / "configs/tiny_test.yaml")
+MULTINODE = str(ROOT / "configs/tiny_multinode.yaml")  # its architecture comes from a checkpoint: give one here
+TINY_ARCH = ("model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128", "model.num_attention_heads=4",
+             "model.num_query_groups=2", "model.vocab_size=64", "model.max_position_embeddings=128")
 HOSTILE = "model.hf_path=/ckpt/a b'c\"$(touch /tmp/pwned)`id`;*"
 
 
@@ -55,6 +58,15 @@ def test_disagg_steps_get_their_nodes_cpus_and_the_router_no_gpus():
     assert jp.srun_router[:2] == ["--overlap", "--gres=none"]
     assert not any(o.startswith(("--gpus", "--exact", "--cpus-per-task")) for o in jp.srun_router)
     assert not any(o.startswith("--cpus-per-task") for o in _disagg().srun_train)  # unknown CPU count: Slurm's
+
+
+def test_cpu_disagg_router_asks_for_no_gres_option():
+    # a CPU cluster has no GresTypes and refuses --gres=none: the router step only overlaps
+    jp = resolve(MULTINODE, list(TINY_ARCH), mode="disagg",
+                 env={"SLURM_JOB_ID": "9", "SLURM_CPUS_ON_NODE": "2"}, hostnames=["a", "b", "c"])
+    assert jp.srun_router[:2] == ["--overlap", "--nodes"]
+    assert "--cpus-per-task=1" in jp.srun_server and not any("gpu" in o or "gres" in o for o in jp.srun_server)
+    assert jp.train_hosts == ["a", "b"] and jp.rollout_hosts == ["c"] and len(jp.server_urls) == 2
 
 
 def test_ports_are_stable_per_job_and_differ_between_jobs():

@@ -11,6 +11,9 @@ Every trainer rank runs this function; rank 0 talks to SGLang and the graders, a
     t.sync.push(version)      7    gather shards -> HF names -> buckets -> broadcast into every worker
     t.save(step)              8    atomic whole-state checkpoint (weights, optimizer, SAS, cursor, RNG)
     t.log(step, metrics)      9    metrics.jsonl, TensorBoard, console progress
+
+t.meter times each phase (timing/<phase>_seconds) and writes every rank's peak RSS per phase to
+run_dir/memory/rank_<r>.jsonl (dcpo_mcore/metrics/phases.py).
 """
 from __future__ import annotations
 
@@ -35,21 +38,24 @@ def train(cfg: TrainConfig) -> dict:
         while step < cfg.steps:
             step += 1
             t0 = time.perf_counter()
-            batch = t.rollout.collect(step)
+            with t.meter("rollout"):
+                batch = t.rollout.collect(step)
             t.cursor.load_state_dict(batch.cursor_state)  # rank 0's cursor, on every rank
             t1 = time.perf_counter()
-            metrics = update_policy(t.engine, batch, t.store, t.update, t.ref_engine)
+            metrics = update_policy(t.engine, batch, t.store, t.update, t.ref_engine, phase=t.meter)
             t2 = time.perf_counter()
-            metrics.update(t.sync.push(str(step)))
+            with t.meter("sync"):
+                metrics.update(t.sync.push(str(step)))
             if t.eval_due(step):
-                metrics.update(t.run_eval(step))
+                with t.meter("eval"):
+                    metrics.update(t.run_eval(step))
             preempted = t.preempted()
-            t3 = time.perf_counter()
             if t.save_due(step) or preempted:
-                t.save(step)
+                with t.meter("save"):
+                    t.save(step)
             elapsed = time.perf_counter() - t0
-            metrics.update({"timing/rollout_seconds": t1 - t0, "timing/update_seconds": t2 - t1,
-                            "timing/save_seconds": time.perf_counter() - t3, "timing/step_seconds": elapsed,
+            metrics.update({"timing/save_seconds": 0.0, **t.meter.end_step(step), "timing/update_seconds": t2 - t1,
+                            "timing/step_seconds": elapsed,
                             "perf/tokens_per_second": metrics["perf/trained_tokens"] / elapsed,
                             "data/epoch": float(t.cursor.state_dict().get("epoch", 0))})
             t.log(step, metrics)

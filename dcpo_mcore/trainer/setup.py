@@ -14,6 +14,7 @@ import os
 import logging
 import signal
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import torch
 from dcpo_mcore.algo import PromptStatsStore
 from dcpo_mcore.algo_setup import build_algorithm
 from dcpo_mcore.config import TrainConfig
+from dcpo_mcore.metrics.phases import PhaseMeter
 from dcpo_mcore.world_env import single_process_env_defaults
 
 from dcpo_mcore.engine import collectives as comm
@@ -54,6 +56,7 @@ class Trainer:
     evaluate: Callable[[int], dict] | None = None  # rank 0; step -> eval metrics
     ref_engine: Any = None  # frozen initial policy, only for a loss with a KL term
     resumed_from: str | None = None
+    meter: PhaseMeter = field(default_factory=PhaseMeter)  # seconds and peak RSS of each phase of a step
     _preempt_flag: list = field(default_factory=lambda: [False])
     _close: list = field(default_factory=list)  # callbacks, run in reverse order
 
@@ -170,8 +173,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
             next_prompts=lambda: [train_set[i] for i in cursor.next_batch()], cursor_state=cursor.state_dict)
         update = UpdateSettings(parts.spec.estimator, parts.estimator_params, cfg.algo.mini_batch_prompts,
                                 cfg.algo.ppo_epochs, cfg.rollout.mismatch_bound)
+        meter = PhaseMeter(Path(cfg.run_dir) / "memory" / f"rank_{comm.rank():05d}.jsonl")
         trainer = Trainer(cfg, engine, sync, rollout, update, store, cursor, ckpt, start_step=start_step,
-                          resumed_from=resumed, ref_engine=ref_engine, _close=closers)
+                          resumed_from=resumed, ref_engine=ref_engine, meter=meter, _close=closers)
         # The servers booted with the checkpoint's weights, not necessarily ours (resume, init_checkpoint),
         # so the first push happens before any rollout; it also verifies log-prob parity.
         first = sync.push(str(start_step))

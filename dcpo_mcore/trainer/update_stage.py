@@ -14,6 +14,7 @@ Invariant checks (cheap, always on, reported as ``invariant/*`` metrics):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -38,32 +39,41 @@ class UpdateSettings:
     mismatch_bound: float  # rollout.mismatch_bound: mean |trainer - sampler| log-prob per token
 
 
-def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, ref_engine=None) -> dict[str, float]:
+def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, ref_engine=None, *,
+                  phase=None) -> dict[str, float]:
     """Advantages -> old (and reference) log-probs -> ``ppo_epochs`` x mini-batch optimizer steps. Collective.
 
     ``ref_engine``: the frozen initial policy, for losses with a KL term (GRPO's low_var_kl); None otherwise.
+    ``phase``: a :class:`~dcpo_mcore.metrics.phases.PhaseMeter` timing "old_logprobs" and "train", or None.
     """
+    phase = phase or _untimed
     G = batch.group_size
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)
     adv = compute_advantages(settings.estimator, rewards, batch.keys, settings.estimator_params,
                              store=store, group_size=G)
     samples = [PolicySample(prompt_ids=p, response_ids=r, advantage=float(a))
                for p, r, a in zip(batch.prompt_ids, batch.response_ids, adv.tolist())]
-    old = engine.compute_logprobs(samples)
-    for s, lp in zip(samples, old.logprobs):
-        s.old_logprobs = lp
-    if ref_engine is not None:
-        for s, lp in zip(samples, ref_engine.compute_logprobs(samples).logprobs):
-            s.ref_logprobs = lp
+    with phase("old_logprobs"):
+        old = engine.compute_logprobs(samples)
+        for s, lp in zip(samples, old.logprobs):
+            s.old_logprobs = lp
+        if ref_engine is not None:
+            for s, lp in zip(samples, ref_engine.compute_logprobs(samples).logprobs):
+                s.ref_logprobs = lp
     metrics = {**_rollout_metrics(batch, adv), **_mismatch_metrics(batch, old.logprobs, settings.mismatch_bound)}
 
     rows = settings.mini_batch_prompts * G
     steps = []
-    for _epoch in range(settings.ppo_epochs):
-        for start in range(0, len(samples), rows):
-            steps.append(engine.train_step(samples[start:start + rows], group_size=G))
+    with phase("train"):
+        for _epoch in range(settings.ppo_epochs):
+            for start in range(0, len(samples), rows):
+                steps.append(engine.train_step(samples[start:start + rows], group_size=G))
     metrics.update(_update_metrics(steps))
     return metrics
+
+
+def _untimed(_name: str):
+    return contextlib.nullcontext()
 
 
 def _rollout_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:

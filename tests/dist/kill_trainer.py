@@ -68,7 +68,7 @@ def install_kill(point: str, step: int) -> None:
 
         orig_update = update_stage.update_policy
 
-        def update_policy(engine, batch, store, settings, *rest):
+        def update_policy(engine, batch, store, settings, *rest, **kw):
             if batch.cursor_state is not None and _current_step[0] == step:
                 orig_train = engine.train_step
 
@@ -77,7 +77,7 @@ def install_kill(point: str, step: int) -> None:
                     return orig_train(samples, **kw)
 
                 engine.train_step = train_step
-            return orig_update(engine, batch, store, settings, *rest)
+            return orig_update(engine, batch, store, settings, *rest, **kw)
 
         import dcpo_mcore.trainer.loop as trainer_mod
 

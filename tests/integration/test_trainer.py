@@ -109,6 +109,15 @@ def test_training_run_writes_metrics_checkpoints_and_learns_signal(reference):
         assert r["sync/logprob_max_abs_diff"] < 1e-4
         assert r["loss/grad_norm"] > 0.0
     assert any(r["actor/ppo_kl"] != 0.0 for r in rows.values())  # the second mini-batch sees a moved policy
+    # every phase of every step is timed, and every rank wrote its peak RSS per phase (a checkpoint each step)
+    phases = ("rollout", "old_logprobs", "train", "sync", "save")
+    assert all(r[f"timing/{p}_seconds"] > 0 for r in rows.values() for p in phases), rows
+    assert all(sum(r[f"timing/{p}_seconds"] for p in phases) <= r["timing/step_seconds"] for r in rows.values())
+    from dcpo_mcore.metrics.phases import read_memory_rows
+
+    memory = read_memory_rows(reference)
+    assert sorted(memory) == [0] and sorted(memory[0]) == list(range(1, STEPS + 1))
+    assert all(row[f"{p}_peak_rss_bytes"] > 100 * 2**20 for row in memory[0].values() for p in phases), memory
     ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step_*"))
     assert ckpts == [f"step_{s:08d}" for s in range(1, STEPS + 1)]
     state = json.loads((reference / "checkpoints" / f"step_{STEPS:08d}" / "trainer_state.json").read_text())

@@ -4,7 +4,8 @@ Each cell of the grid is one real ``dcpo-train`` run (``torch.distributed.run``,
 SGLang server: a random Qwen2.5-shaped checkpoint with the real Qwen2.5 tokenizer and its tied 151,936-row
 vocabulary (dcpo_mcore/hf/real_vocab.py), one prompt of ``L - R`` tokens with ``n_samples`` responses of
 exactly ``R`` tokens (a random model never writes EOS, so every response runs to ``max_new_tokens``). A cell
-runs ``--steps`` steps (default 1), saving every step and evaluating one problem of the same length at the
+runs ``--steps`` steps (default 1, one response per micro-batch, selective recompute: see ``--recompute``),
+saving every step and evaluating one problem of the same length at the
 last step. From the last step it reads:
 
 * seconds per phase: ``timing/{rollout,old_logprobs,train,sync,eval,save}_seconds`` from metrics.jsonl;
@@ -188,7 +189,8 @@ def run_cell(args, shape: str, tp: int, length: int, model: Path, params: int, u
         f"rollout.max_new_tokens={args.response_tokens}", "rollout.request_timeout_s=1800",
         "rollout.mismatch_bound=1.0", f"steps={args.steps}", f"eval_interval={args.steps}",
         "checkpoint.save_interval=1", "checkpoint.keep_last=1", "algo.mini_batch_prompts=1",
-        f"parallel.tensor_model_parallel_size={tp}", f"parallel.micro_batch_size={args.samples}",
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.micro_batch_size={args.micro_batch_size}",
+        f"parallel.recompute={args.recompute}",
         "optim.lr=1e-6", "logging.tensorboard=false", "sync.timeout_s=1800"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp),
            "-m", "dcpo_mcore.cli", "--config", "configs/tiny_test.yaml", *overrides]
@@ -214,6 +216,7 @@ def run_cell(args, shape: str, tp: int, length: int, model: Path, params: int, u
               for p in PHASES}
     result = {"cell": name, "shape": shape, "tp": tp, "length": length, "params": params, "tokens": tokens,
               "response_tokens": args.response_tokens, "samples": args.samples, "steps": args.steps,
+              "micro_batch_size": args.micro_batch_size, "recompute": args.recompute,
               "step_seconds": last["timing/step_seconds"], "wall_seconds": wall, "phases": phases,
               "mismatch": last.get("mismatch/logprob_abs_mean"), "sync_diff": last.get("sync/logprob_max_abs_diff")}
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -233,6 +236,11 @@ def main(argv=None) -> int:
     ap.add_argument("--response-tokens", type=int, default=64)
     ap.add_argument("--samples", type=int, default=2, help="responses to the one prompt of a step")
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--micro-batch-size", type=int, default=1)
+    ap.add_argument("--recompute", choices=("none", "selective", "full"), default="selective",
+                    help="selective (default) recomputes core attention in the backward: megatron's CPU attention "
+                    "is unfused and keeps [heads, L, L] scores per layer, which a 0.5B body at L=2048 cannot hold "
+                    "in 24 GiB; on a GPU, flash attention keeps none")
     ap.add_argument("--reuse", action="store_true", help="skip the cells already in OUT/cells")
     ap.add_argument("--quick", action="store_true", help="w256, TP1, L=256 only")
     ap.add_argument("--table-only", action="store_true", help="print the tables of the cached cells and stop")

@@ -32,7 +32,7 @@ def train(cfg: TrainConfig) -> dict:
     marker = Path(cfg.run_dir) / PREEMPTED_MARKER
     with build_trainer(cfg) as t:
         marker.unlink(missing_ok=True)
-        if t.start_step == 0 and t.evaluate is not None:
+        if t.start_step == 0 and t.eval_due(0):
             t.log(0, t.run_eval(0))
         step = t.start_step
         while step < cfg.steps:

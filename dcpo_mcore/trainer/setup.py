@@ -62,8 +62,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ schedule
     def eval_due(self, step: int) -> bool:
+        """The same answer on every rank (run_eval is collective): only rank 0 has ``evaluate``, so this
+        must not look at it. Step 0 is the evaluation before the first step."""
         every = self.cfg.eval_interval
-        return bool(every) and (step % every == 0 or step == self.cfg.steps)
+        return bool(every and self.cfg.data.eval_files) and (step % every == 0 or step == self.cfg.steps)
 
     def save_due(self, step: int) -> bool:
         every = self.cfg.checkpoint.save_interval

@@ -242,6 +242,28 @@ def test_resume_at_another_layout_tp2(setup, reference):
             assert got[s][key] == pytest.approx(ref[s][key], rel=1e-3, abs=1e-5), (s, key, got[s][key], ref[s][key])
 
 
+def test_tp2_run_with_evaluation_before_the_first_step(setup):
+    """Only rank 0 evaluates, but every rank must join its broadcast: a rank that skipped the step-0
+    evaluation once took rank 0's eval metrics for the rollout's stale-group list and crashed in a
+    re-push (found by tools/bench_scale.py)."""
+    run_dir = setup["root"] / "tp2_eval"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dcpo_mcore.cli", *_args(setup, run_dir, "parallel.tensor_model_parallel_size=2", "steps=2",
+                                          "eval_interval=2", f"data.eval_files=[{setup['eval']}]")]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=600)
+        log.seek(0)
+        out = log.read()
+    assert proc.returncode == 0, out[-4000:]
+    rows = _metrics(run_dir)
+    assert sorted(rows) == [0, 1, 2]
+    for step in (0, 2):  # before the first step and at the last
+        row = rows[step]
+        assert 0.0 <= row["eval/synthetic_arith/avg@1"] <= 1.0 and row["eval/synthetic_arith/problems"] == 16.0, row
+    assert "eval/synthetic_arith/avg@1" not in rows[1] and rows[2]["timing/eval_seconds"] > 0
+    assert rows[1]["rollout/stale_groups_regenerated"] == 0.0 and rows[2]["rollout/stale_groups_regenerated"] == 0.0
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_a_stopped_trainer_leaves_no_sglang_server_behind(setup, tmp_path, sig):
     """scancel / kill send SIGTERM: the trainer tears the SGLang server it launched down itself. A SIGKILL

@@ -157,9 +157,9 @@ def _write_rows(path: Path, text: str, n: int, split: str) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"data_source": "bench_scale", "prompt": [{"role": "user", "content": text}], "ability": "ARITH",
-             "reward_model": {"ground_truth": "2", "style": "rule"},
-             "extra_info": {"index": i, "raw_problem": text, "split": split}} for i in range(n)]
+    from dcpo_mcore.data.synthetic import prompt_row
+
+    rows = [prompt_row(text, "2", i, split, None, "bench_scale") for i in range(n)]
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 

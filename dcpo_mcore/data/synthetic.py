@@ -80,14 +80,15 @@ def make_arithmetic_task(out_dir: str | Path, *, seed: int, n_train: int, n_eval
         splits.append(("eval_balanced", balanced, n_train + n_eval, ARITH_BALANCED_DATA_SOURCE))
     paths = []
     for split, items, first_index, source in splits:
-        rows = [_row(q, a, first_index + i, split, system_prompt, source) for i, (q, a) in enumerate(items)]
+        rows = [prompt_row(q, a, first_index + i, split, system_prompt, source) for i, (q, a) in enumerate(items)]
         path = out / f"{split}.parquet"
         pq.write_table(pa.Table.from_pylist(rows), path)
         paths.append(path)
     return tuple(paths)
 
 
-def _row(question: str, answer: str, index: int, split: str, system_prompt: str | None, source: str) -> dict:
+def prompt_row(question: str, answer: str, index: int, split: str, system_prompt: str | None, source: str) -> dict:
+    """One prompt row in the DCPO parquet layout (docs/algorithm.md [data-layout])."""
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else [])
     messages.append({"role": "user", "content": question})
     return {"data_source": source, "prompt": messages, "ability": "ARITH",

@@ -17,6 +17,7 @@ micro-batch layout.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from dcpo_mcore.algo import GlobalCounts, LossSpec, policy_loss
 from dcpo_mcore.ops import vocab_parallel_logprobs
 
 from .batching import MicroBatch
+from .output_rows import ResponseRowSelector
 
 # Logit for vocab rows that exist only as megatron padding: finite (so entropy is not NaN) and low
 # enough that exp() underflows to exactly 0 in fp32/bf16 (and fits fp16).
@@ -60,18 +62,26 @@ class LogprobSettings:
     packed_seq_params: bool = False  # TE: packed rows go through PackedSeqParams (thd), not a dense mask
 
 
-def response_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LogprobSettings):
-    """Log-probs and entropies ``[n_seq, R_max]`` of the response tokens from ``logits [B, S, V/TP]``.
+def response_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LogprobSettings, rows_only: bool = False):
+    """Log-probs and entropies ``[n_seq, R_max]`` of the response tokens.
 
-    The full vocabulary is never gathered: :func:`vocab_parallel_logprobs` reduces over the TP group.
+    ``logits`` is ``[B, S, V/TP]`` over every position, or with ``rows_only`` ``[1, N, V/TP]`` at the
+    micro-batch's ``N`` response positions, in order (:class:`ResponseRowSelector`). The full
+    vocabulary is never gathered: :func:`vocab_parallel_logprobs` reduces over the TP group.
     """
     tp_group = ps.get_tensor_model_parallel_group()
     tp_rank = ps.get_tensor_model_parallel_rank()
     flat = logits.reshape(-1, logits.shape[-1])
     mask_padded_vocab_(flat, settings.vocab_size, tp_rank)
+    if rows_only:
+        if flat.shape[0] != mb.num_tokens:
+            raise RuntimeError(f"the output layer gave {flat.shape[0]} rows for {mb.num_tokens} response positions")
+        targets, positions = mb.targets[mb.positions], None
+    else:
+        targets, positions = mb.targets, mb.positions.to(flat.device)
     lp, ent = vocab_parallel_logprobs(
-        flat, mb.targets.to(flat.device), tp_group=tp_group, temperature=settings.temperature,
-        positions=mb.positions.to(flat.device), return_entropy=True)
+        flat, targets.to(flat.device), tp_group=tp_group, temperature=settings.temperature,
+        positions=positions, return_entropy=True)
     n_slots = mb.resp_mask.numel()
     slots = mb.slots.to(flat.device)
     # index_copy is differentiable w.r.t. the source: the per-sample matrix keeps the graph.
@@ -98,30 +108,34 @@ class ForwardStep:
 
     With ``loss_spec`` it computes :func:`policy_loss` for training; without it (forward-only) it returns
     the log-probs and entropies as the micro-batch's metrics. ``counts`` are the GLOBAL counts of the
-    optimizer step (computed once by the engine).
+    optimizer step (computed once by the engine). With ``rows`` (the engine's hooks on its output
+    layers) the logits are computed at the response positions only.
     """
 
     def __init__(self, settings: LogprobSettings, loss_spec: LossSpec | None = None,
-                 counts: GlobalCounts | None = None, device: torch.device | None = None):
+                 counts: GlobalCounts | None = None, device: torch.device | None = None,
+                 rows: ResponseRowSelector | None = None):
         if loss_spec is not None and counts is None:
             raise ValueError("training needs the step's global counts")
         self.settings, self.loss_spec, self.counts = settings, loss_spec, counts
         self.device = device or torch.device("cpu")
+        self.rows = rows if rows is not None and rows.active else None
 
     def __call__(self, data_iterator, model):
         mb: MicroBatch = next(data_iterator)
         dev = self.device
-        if self.settings.packed_seq_params and mb.cu_seqlens is not None:
-            # thd: one flattened row; TE restarts RoPE and attention at every cu_seqlens offset.
-            out = model(mb.tokens.reshape(1, -1).to(dev), mb.position_ids.reshape(1, -1).to(dev), None,
-                        packed_seq_params=packed_seq_params(mb, dev))
-        else:
-            mask = None if mb.attention_mask is None else mb.attention_mask.to(dev)
-            out = model(mb.tokens.to(dev), mb.position_ids.to(dev), mask)
+        with self.rows.only(mb.positions) if self.rows is not None else contextlib.nullcontext():
+            if self.settings.packed_seq_params and mb.cu_seqlens is not None:
+                # thd: one flattened row; TE restarts RoPE and attention at every cu_seqlens offset.
+                out = model(mb.tokens.reshape(1, -1).to(dev), mb.position_ids.reshape(1, -1).to(dev), None,
+                            packed_seq_params=packed_seq_params(mb, dev))
+            else:
+                mask = None if mb.attention_mask is None else mb.attention_mask.to(dev)
+                out = model(mb.tokens.to(dev), mb.position_ids.to(dev), mask)
         return out, functools.partial(self._loss, mb)
 
     def _loss(self, mb: MicroBatch, logits: torch.Tensor):
-        lp, ent = response_logprobs(mb, logits, self.settings)
+        lp, ent = response_logprobs(mb, logits, self.settings, rows_only=self.rows is not None)
         mask = mb.resp_mask.to(lp.device)
         num_tokens = mask.sum().to(torch.int)
         if self.loss_spec is None:

@@ -39,6 +39,7 @@ from .hf_mapping import hf_to_mcore_shard
 from .layout import ParallelLayout, Precision, sequence_multiple
 from .model_builder import build_model_chunks, build_transformer_config, select_layer_spec
 from .optimizer import OptimSettings, build_optimizer, guarded_step, set_lr
+from .output_rows import ResponseRowSelector
 from .parallel import init_model_parallel
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class PolicyEngine:
         if uses_te and batching.packed:  # TE takes packed sequences as one thd row (PackedSeqParams)
             batching = BatchSettings(**{**batching.__dict__, "pack_length": None})
         self.batching = batching
+        # Logits at response positions only (never at prompt or padding positions): engine/output_rows.py.
+        self.rows = ResponseRowSelector(chunks)
 
     @classmethod
     def from_hf(cls, hf_dir: str | Path, settings: EngineSettings, loss_spec: LossSpec | None = None) -> "PolicyEngine":
@@ -201,7 +204,7 @@ class PolicyEngine:
         """
         for c in self.chunks:
             c.eval()
-        step = ForwardStep(self._logprob_settings(temperature), device=self.device)
+        step = ForwardStep(self._logprob_settings(temperature), device=self.device, rows=self.rows)
         store = self._run(self._local_microbatches(samples), step,
                           forward_only=True)
         lps, ents = gather_logprobs(store, [len(s.response_ids) for s in samples])
@@ -228,7 +231,7 @@ class PolicyEngine:
         lr = self.schedule.at(self.steps_done if schedule_step is None else schedule_step)
         set_lr(self.optimizer, lr)
         mbs = self._local_microbatches(samples)
-        step = ForwardStep(self._logprob_settings(), self.loss_spec, counts, device=self.device)
+        step = ForwardStep(self._logprob_settings(), self.loss_spec, counts, device=self.device, rows=self.rows)
         store = self._run(mbs, step, forward_only=False)
         totals = reduce_train_metrics(store, len(mbs))
         loss = float(totals["loss"])

@@ -101,7 +101,8 @@ def dcpo_loss_spec() -> LossSpec:
 
 def train_trajectories(hf_dir: str, vocab: int, configs: list[dict], steps: int = 3,
                        dump_after_s: float | None = None) -> list[dict]:
-    """Per config {"name", "layout": {...}, "batching": {...}}: the step metrics of ``steps`` steps."""
+    """Per config {"name", "layout": {...}, "batching": {...}, "all_rows"?}: the step metrics of ``steps``
+    steps. ``all_rows`` detaches the engine's response-row hooks, so logits are computed everywhere."""
     if dump_after_s:  # debugging a hang: every rank prints its stack
         import faulthandler
         faulthandler.dump_traceback_later(dump_after_s, exit=False)
@@ -113,6 +114,8 @@ def train_trajectories(hf_dir: str, vocab: int, configs: list[dict], steps: int 
                                   optim=OptimSettings(lr=1e-3, weight_decay=0.1, clip_grad=1.0))
         print("config", cfg["name"], flush=True)
         engine = PolicyEngine.from_hf(hf_dir, settings, dcpo_loss_spec())
+        if cfg.get("all_rows"):
+            engine.rows.remove()
         metrics = run_steps(engine, vocab, steps)
         results.append({"name": cfg["name"], "metrics": metrics})
         del engine

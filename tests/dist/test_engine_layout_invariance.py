@@ -4,6 +4,8 @@ Same HF checkpoint, dropout off, LossSpec("dcpo", DcpoClipParams(), "otm"), grou
 advantages, and old log-probs = the initial policy's plus noise (so the ratio moves with training and
 clipping happens). Two launches: 1 rank (micro-batch counts, packing, recompute) and 4 ranks (TP, PP,
 VPP, DP, SP, distributed optimizer, combinations). The reference is TP1 / DP1 / one micro-batch / padded.
+The engine computes logits at response positions only (engine/output_rows.py); two configs detach
+that and compute them everywhere, so the selection (and its sequence-parallel gather) is checked too.
 
 Tolerances: grad norm 1e-5 relative. The loss of a single step can nearly cancel (a sum of positive and
 negative advantage terms; ~0.008 here), so it is compared relative to the trajectory's loss scale
@@ -18,8 +20,8 @@ W = "tests.dist.engine_worker"
 RTOL = 1e-5
 
 
-def _cfg(name, layout=None, **batching):
-    return {"name": name, "layout": layout or {}, "batching": batching}
+def _cfg(name, layout=None, all_rows=False, **batching):
+    return {"name": name, "layout": layout or {}, "batching": batching, "all_rows": all_rows}
 
 
 ONE_RANK = [
@@ -31,6 +33,8 @@ ONE_RANK = [
     _cfg("tp1_packed_rows24", num_microbatches=1, packed=True, pack_length=24),  # several packed rows
     _cfg("tp1_recompute_full", {"recompute": "full"}, num_microbatches=2),
     _cfg("tp1_recompute_selective", {"recompute": "selective"}, num_microbatches=2),
+    # the output layer over every position (hooks detached) against the response-rows-only reference
+    _cfg("tp1_all_rows_mb2", all_rows=True, num_microbatches=2),
 ]
 FOUR_RANKS = [
     _cfg("tp2_dp2", {"tp": 2}, num_microbatches=2),
@@ -42,6 +46,7 @@ FOUR_RANKS = [
     _cfg("tp2_pp2_packed_sp_recompute", {"tp": 2, "pp": 2, "sequence_parallel": True, "recompute": "full"},
          num_microbatches=2, packed=True),
     _cfg("pp2_vpp2_dp2_distopt", {"pp": 2, "vpp": 2, "use_distributed_optimizer": True}, num_microbatches=4),
+    _cfg("tp2_sp_dp2_all_rows", {"tp": 2, "sequence_parallel": True}, all_rows=True, num_microbatches=2),
 ]
 
 

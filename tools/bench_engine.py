@@ -11,8 +11,9 @@ ranks, so every layout uses the same CPU budget). Per layout:
 
 GPU (when CUDA is present): model FLOPs utilisation (MFU) of ``train_step`` for a Qwen2.5-1.5B-shaped
 random model on one GPU in BF16 and FP8 (Transformer Engine), with
-``FLOPs/token = 6 * N + 12 * layers * hidden * seq_len`` (N = parameters except the input embedding) and
-the GPU's dense BF16 peak (``--peak-tflops`` overrides; FP8 MFU is quoted against the BF16 peak too).
+``FLOPs = tokens * (6 * N_body + 12 * layers * hidden * seq_len) + response_tokens * 6 * vocab * hidden``
+(N_body = the transformer layers' parameters; the output layer runs at response positions only,
+engine/output_rows.py, and the input embedding is a lookup) and the GPU's dense BF16 peak (``--peak-tflops`` overrides; FP8 MFU is quoted against the BF16 peak too).
 
 Usage::
 
@@ -128,7 +129,7 @@ def worker(spec: dict) -> dict:
             lp_times.append(t_lp)
             train_times.append(t_train)
     tokens = sum(s.length for s in batch)  # the same every step (see _samples)
-    return {"tokens_per_step": tokens, "lp_s": statistics.median(lp_times), "train_s": statistics.median(train_times),
+    return {"tokens_per_step": tokens, "response_tokens": sum(len(s.response_ids) for s in batch), "lp_s": statistics.median(lp_times), "train_s": statistics.median(train_times),
             "peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
             "loss_finite": metrics["loss/total"] == metrics["loss/total"]}
 
@@ -153,12 +154,13 @@ def _cpu_rows(args, hf_dir: str, vocab: int) -> list[str]:
     return rows
 
 
-def _flops_per_token(shape: dict, seq_len: float) -> float:
+def _step_flops(shape: dict, tokens: int, response_tokens: int, seq_len: float) -> float:
+    """Model FLOPs of one train step (forward + backward), counting only the work the engine does."""
     h, L, f, v = shape["hidden_size"], shape["num_layers"], shape["ffn"], shape["vocab_size"]
     kv = h // shape["num_heads"] * shape["num_kv_heads"]
     per_layer = h * h * 2 + 2 * h * kv + 3 * h * f  # q, o, k, v, gate/up/down
-    n = L * per_layer + v * h  # + the output layer (the input embedding is a lookup)
-    return 6 * n + 12 * L * h * seq_len
+    body = 6 * L * per_layer + 12 * L * h * seq_len
+    return tokens * body + response_tokens * 6 * v * h  # logits at response positions only
 
 
 def _gpu_rows(args) -> list[str]:
@@ -176,7 +178,8 @@ def _gpu_rows(args) -> list[str]:
         r = _launch(spec, 1, args.timeout)[0]
         seq = r["tokens_per_step"] / args.gpu_samples
         tps = r["tokens_per_step"] / r["train_s"]
-        mfu = tps * _flops_per_token(QWEN25_15B, seq) / (peak * 1e12) if peak else float("nan")
+        flops = _step_flops(QWEN25_15B, r["tokens_per_step"], r["response_tokens"], seq)
+        mfu = flops / r["train_s"] / (peak * 1e12) if peak else float("nan")
         rows.append(f"| {name} | {label} | {r['tokens_per_step']} | {r['train_s']:.2f} | {tps:.0f} | "
                     f"{100 * mfu:.1f}% | {r['gpu_peak_mb'] / 1024:.1f} |")
         print(rows[-1], flush=True)

@@ -63,19 +63,6 @@ VARIANTS = {
 # ----------------------------------------------------------------------------- rank side
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def _profiler_peak_bytes(step) -> int:
     from dcpo_mcore.ops.profiling import peak_allocated_bytes
 
@@ -136,6 +123,7 @@ def _rank_main(spec: dict) -> dict:
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     from dcpo_mcore.local_ranks import join_rendezvous
+    from dcpo_mcore.metrics.phases import read_peak_rss_bytes, read_rss_bytes, reset_peak_rss
 
     join_rendezvous(spec["port"], rank, world, "gloo", 300)
     from megatron.core import parallel_state
@@ -168,12 +156,11 @@ def _rank_main(spec: dict) -> dict:
         del del_me
         reset()
         dist.barrier()
-        base_kib = _status_kib("VmRSS")
-        _reset_peak_rss()
-        if _status_kib("VmHWM") > base_kib + 1024:
-            raise RuntimeError("could not reset VmHWM through /proc/self/clear_refs")
+        base = read_rss_bytes()
+        if base is None or not reset_peak_rss() or read_peak_rss_bytes() > base + (1 << 20):
+            raise RuntimeError("could not read VmRSS or reset VmHWM through /proc/self/clear_refs")
         grad = step(variant)
-        out["rss_peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+        out["rss_peak_bytes"] = read_peak_rss_bytes() - base
         out["grad_aliases_logits"] = grad.data_ptr() == logits.data_ptr()
         del grad
         reset()

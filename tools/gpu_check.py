@@ -180,7 +180,7 @@ def _engine_spec(shape: dict, hf_dir: str, gpu: bool, **extra) -> dict:
 
 
 def check_engine(ctx: dict, fp8: bool = False) -> Row:
-    from bench_engine import _flops_per_token
+    from bench_engine import _step_flops
 
     label = "fp8" if fp8 else "engine"
     if fp8:
@@ -196,7 +196,8 @@ def check_engine(ctx: dict, fp8: bool = False) -> Row:
     seq = r["tokens_per_step"] / spec["samples"]
     fig = f"{tps:,.0f} train tok/s"
     if ctx["peak_tflops"]:
-        mfu = tps * _flops_per_token(ctx["shape"], seq) / (ctx["peak_tflops"] * 1e12)
+        flops = _step_flops(ctx["shape"], r["tokens_per_step"], r["response_tokens"], seq)
+        mfu = flops / r["train_s"] / (ctx["peak_tflops"] * 1e12)
         fig += f", MFU {100 * mfu:.1f}% of {ctx['peak_tflops']:g} TFLOP/s"
     if r["gpu_peak_mb"]:
         fig += f", peak {r['gpu_peak_mb'] / 1024:.1f} GiB"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -165,7 +166,48 @@ def run_one(args, spec, seed: int, pool: Path, pre, root: Path, position: str) -
         say(f"{position} {spec.label} seed {seed}: {run_dir} holds a run with other settings; starting it over")
         shutil.rmtree(run_dir)
     say(f"{position} {spec.label} seed {seed}: {'resuming' if resumed else 'starting'} ({spec.what})")
+    record_commit(run_dir, source_commit(REPO))
     return experiments.run_train(args.config, overrides, run_dir, REPO, resumed=resumed)
+
+
+COMMITS_FILE = "commits.txt"  # one line per process a run took: the code it ran
+
+
+def source_commit(repo: Path) -> str:
+    """The checkout's commit, ``-dirty`` when tracked files differ from it, ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def record_commit(run_dir: Path, commit: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / COMMITS_FILE, "a") as f:
+        f.write(commit + "\n")
+
+
+def run_commits(root: Path, runs) -> list[str]:
+    """Every commit the plan's runs were made with, first seen first (one means a single code version)."""
+    seen: list[str] = []
+    for spec, seed in runs:
+        path = run_path(root, spec.label, seed) / COMMITS_FILE
+        if path.exists():
+            seen += [c for c in path.read_text().split() if c not in seen]
+    return seen
+
+
+def commit_line(commits: list[str]) -> str:
+    if not commits:
+        return "Code: not recorded."
+    if len(commits) == 1:
+        return f"Code: every run was made at commit `{commits[0]}`."
+    return ("Code: **the runs span several commits** (a resumed run can, too): "
+            + ", ".join(f"`{c}`" for c in commits) + ".")
 
 
 def load_summaries(args, root: Path, runs) -> dict:
@@ -199,7 +241,7 @@ def write_report(args, root: Path, runs) -> int:
         return 1
     plots = write_plots(root / "plots", summaries, args.eval_k)
     found = paper.claims(summaries)
-    text = (f"## Claims\n\n{paper.claims_table(found)}\n## Measurements\n\n"
+    text = (f"{commit_line(run_commits(root, runs))}\n\n## Claims\n\n{paper.claims_table(found)}\n## Measurements\n\n"
             f"{paper.tables(summaries, args.eval_k)}\n## Plots\n\n"
             + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots))
     (root / "fidelity.md").write_text(text)

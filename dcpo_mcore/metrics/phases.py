@@ -21,15 +21,25 @@ from pathlib import Path
 PHASES = ("rollout", "old_logprobs", "train", "sync", "eval", "save")
 
 
-def read_peak_rss_bytes() -> int | None:
-    """This process's VmHWM in bytes, or None where /proc is not there."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes, or None where /proc is not there."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def read_peak_rss_bytes() -> int | None:
+    """This process's VmHWM (peak resident set since start or the last reset) in bytes, or None."""
+    return _status_bytes("VmHWM")
+
+
+def read_rss_bytes() -> int | None:
+    """This process's current resident set (VmRSS) in bytes, or None."""
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:

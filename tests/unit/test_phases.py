@@ -5,7 +5,7 @@ import time
 import pytest
 
 from dcpo_mcore.metrics.keys import describe
-from dcpo_mcore.metrics.phases import PhaseMeter, read_memory_rows, read_peak_rss_bytes
+from dcpo_mcore.metrics.phases import PhaseMeter, read_memory_rows, read_peak_rss_bytes, read_rss_bytes
 
 
 def test_seconds_add_up_per_phase_and_reset_each_step(tmp_path):
@@ -58,3 +58,8 @@ def test_unknown_phase_is_a_bug_not_a_new_metric():
 
 def test_peak_rss_is_read():
     assert read_peak_rss_bytes() > 10 * 2**20
+
+
+def test_current_rss_is_read_and_not_above_the_peak():
+    now = read_rss_bytes()
+    assert 10 * 2**20 < now <= read_peak_rss_bytes()

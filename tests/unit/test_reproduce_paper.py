@@ -210,3 +210,32 @@ def test_a_root_with_runs_is_refused_without_reuse(tmp_path, capsys):
     (tmp_path / "root" / "dcpo").mkdir(parents=True)
     assert tool.main(["--root", str(tmp_path / "root"), "--only", "dcpo"]) == 2
     assert "already holds runs; pass --reuse" in capsys.readouterr().err
+
+
+def test_each_process_records_its_commit_and_the_report_names_them(setup, monkeypatch):
+    args, pool, pre = setup
+    from dcpo_mcore.config import load_config, save_resolved_config
+
+    def started(cfg, overrides, run_dir, cwd, resumed=False):  # a trainer that saved its config, then stopped
+        save_resolved_config(load_config(cfg, overrides), run_dir)
+        return 0
+
+    monkeypatch.setattr(experiments, "run_train", started)
+    commits = iter(["aaa", "aaa", "bbb"])
+    monkeypatch.setattr(tool, "source_commit", lambda repo: next(commits))
+    root = Path(args.root)
+    plan = paper.plan([1], ["dcpo", "grpo"])
+    for spec, seed in plan:
+        tool.run_one(args, spec, seed, pool, pre, root, "-")
+    assert tool.run_commits(root, plan) == ["aaa"]
+    assert tool.commit_line(["aaa"]) == "Code: every run was made at commit `aaa`."
+    tool.run_one(args, plan[0][0], 1, pool, pre, root, "-")  # resumed later under other code
+    assert (root / plan[0][0].label / "seed1" / tool.COMMITS_FILE).read_text() == "aaa\nbbb\n"
+    assert tool.run_commits(root, plan) == ["aaa", "bbb"]
+    assert "span several commits" in tool.commit_line(["aaa", "bbb"])
+    assert tool.commit_line([]) == "Code: not recorded."
+
+
+def test_source_commit_of_this_checkout_is_a_hash_or_unknown():
+    got = tool.source_commit(Path(tool.__file__).resolve().parents[1])
+    assert got == "unknown" or len(got.split("-")[0]) == 40

@@ -22,6 +22,7 @@ _MODULES = {  # module of this package -> the public names it defines
     "metrics": "ClipCounts advantage_stats clip_counts clip_ratios nonzero_advantage_ratio",
     "objectives": "OBJECTIVES DcpoClipParams DppoTvParams GspoParams NllParams PpoClipParams low_var_kl nll_objective "
                   "token_objective",
+    "off_policy": "TisStats merge_tis_stats truncated_importance_weights",
     "registry": "Registry",
     "sas": "PromptStats PromptStatsStore merge_stats sas_advantages",
 }

@@ -43,10 +43,16 @@ def policy_loss(
     counts: GlobalCounts,
     ref_logprobs: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
-    """Loss of one micro-batch (tensors [B, T], advantages [B] or [B, T], mask [B, T])."""
+    """Loss of one micro-batch (tensors [B, T], advantages [B] or [B, T], mask [B, T]).
+
+    ``token_weights`` [B, T] (constants, e.g. the truncated importance weights of off_policy.py) scale
+    each token's policy-gradient term before aggregation; the KL and entropy terms are not weighted.
+    """
     out = token_objective(spec.objective, logprobs, old_logprobs, advantages, mask, spec.objective_params)
-    pg = aggregate(spec.aggregation, out.loss, mask, counts)
+    token_loss = out.loss if token_weights is None else out.loss * token_weights.detach()
+    pg = aggregate(spec.aggregation, token_loss, mask, counts)
     total = pg
     kl_value = None
     if spec.kl_coef > 0:

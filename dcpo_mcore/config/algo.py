@@ -47,6 +47,9 @@ class _MethodSettings(Section):
         32, ge=1, description="Prompts per optimizer step (paper: 32, i.e. 16 optimizer steps per "
         "512-prompt training step); must divide rollout.prompts_per_step.")
     entropy_coef: float = Field(0.0, description="Entropy bonus coefficient (0 in all paper runs).")
+    tis_cap: float | None = Field(
+        None, ge=1.0, description="Truncated importance weight min(pi_old / pi_sampler, C) on each token's "
+        "policy-gradient term, from SGLang's sampler log-probs (docs/algorithm.md [tis]); C >= 1, null = off.")
 
     def rollout_shaping(self) -> dict[str, Any]:
         """Keyword arguments for the rollout stage's group filter and reward shaping (DAPO's only)."""

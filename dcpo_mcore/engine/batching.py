@@ -40,8 +40,9 @@ class PolicySample:
     prompt_ids: Sequence[int] | torch.Tensor  # [P], P >= 1
     response_ids: Sequence[int] | torch.Tensor  # [R], R >= 1
     advantage: float = 0.0
-    old_logprobs: torch.Tensor | None = None  # [R] behaviour-policy log-probs (train step)
+    old_logprobs: torch.Tensor | None = None  # [R] old-policy log-probs: the engine's, before the step's updates
     ref_logprobs: torch.Tensor | None = None  # [R] reference-policy log-probs (KL, optional)
+    token_weights: torch.Tensor | None = None  # [R] constant per-token loss weights (behaviour correction)
 
     @property
     def length(self) -> int:
@@ -83,6 +84,7 @@ class MicroBatch:
     advantages: torch.Tensor  # [n_seq] float32
     old_logprobs: torch.Tensor | None  # [n_seq, R_max] float32
     ref_logprobs: torch.Tensor | None  # [n_seq, R_max] float32
+    token_weights: torch.Tensor | None = None  # [n_seq, R_max] float32
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -248,6 +250,7 @@ def build_microbatch(samples: Sequence[PolicySample], seq_index: Sequence[int], 
         advantages=torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
         old_logprobs=_per_token(samples, "old_logprobs", r_max),
         ref_logprobs=_per_token(samples, "ref_logprobs", r_max),
+        token_weights=_per_token(samples, "token_weights", r_max),
     )
 
 

@@ -144,7 +144,8 @@ class ForwardStep:
         dev = lp.device
         out = policy_loss(
             self.loss_spec, lp, mb.old_logprobs.to(dev), mb.advantages.to(dev), mask, self.counts,
-            ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev))
+            ref_logprobs=None if mb.ref_logprobs is None else mb.ref_logprobs.to(dev),
+            token_weights=None if mb.token_weights is None else mb.token_weights.to(dev))
         metrics = {
             "loss": out.loss.detach().clone(),  # the schedule may scale the returned tensor in place
             "policy_loss": out.policy_loss, "kl": out.kl if out.kl is not None else torch.zeros(()),

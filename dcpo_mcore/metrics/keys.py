@@ -49,6 +49,8 @@ METRIC_KEYS: dict[str, str] = {
     # mismatch: trainer vs sampler log-probs of the same tokens
     "mismatch/logprob_abs_mean": "mean |trainer logprob - SGLang logprob| over response tokens",
     "mismatch/logprob_abs_max": "max |trainer logprob - SGLang logprob| over response tokens",
+    "mismatch/tis_weight_mean": "mean truncated importance weight min(pi_old / pi_sampler, algo.tis_cap) per token",
+    "mismatch/tis_truncated_fraction": "fraction of response tokens whose importance weight was above algo.tis_cap",
     # sync: the weight push into the servers
     "sync/seconds": "wall time of the weight sync to the SGLang servers",
     "sync/attempts": "push attempts this sync took (1 = first try)",

@@ -174,7 +174,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
             sync, client=client, pool=pool, tokenizer=tokenizer,
             next_prompts=lambda: [train_set[i] for i in cursor.next_batch()], cursor_state=cursor.state_dict)
         update = UpdateSettings(parts.spec.estimator, parts.estimator_params, cfg.algo.mini_batch_prompts,
-                                cfg.algo.ppo_epochs, cfg.rollout.mismatch_bound)
+                                cfg.algo.ppo_epochs, cfg.rollout.mismatch_bound, cfg.algo.tis_cap)
         meter = PhaseMeter(Path(cfg.run_dir) / "memory" / f"rank_{comm.rank():05d}.jsonl")
         trainer = Trainer(cfg, engine, sync, rollout, update, store, cursor, ckpt, start_step=start_step,
                           resumed_from=resumed, ref_engine=ref_engine, meter=meter, _close=closers)

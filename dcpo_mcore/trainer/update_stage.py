@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dcpo_mcore.algo import advantage_stats, compute_advantages
+from dcpo_mcore.algo import advantage_stats, compute_advantages, merge_tis_stats, truncated_importance_weights
 from dcpo_mcore.engine.batching import PolicySample
 
 from .rollout_stage import RolloutBatch
@@ -37,6 +37,7 @@ class UpdateSettings:
     mini_batch_prompts: int
     ppo_epochs: int
     mismatch_bound: float  # rollout.mismatch_bound: mean |trainer - sampler| log-prob per token
+    tis_cap: float | None = None  # algo.tis_cap: truncated importance weights of the sampler's tokens; None = off
 
 
 def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, ref_engine=None, *,
@@ -61,6 +62,8 @@ def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, 
             for s, lp in zip(samples, ref_engine.compute_logprobs(samples).logprobs):
                 s.ref_logprobs = lp
     metrics = {**_rollout_metrics(batch, adv), **_mismatch_metrics(batch, old.logprobs, settings.mismatch_bound)}
+    if settings.tis_cap is not None:
+        metrics.update(_apply_tis(samples, batch.sampler_logprobs, settings.tis_cap))
 
     rows = settings.mini_batch_prompts * G
     steps = []
@@ -70,6 +73,16 @@ def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, 
                 steps.append(engine.train_step(samples[start:start + rows], group_size=G))
     metrics.update(_update_metrics(steps))
     return metrics
+
+
+def _apply_tis(samples: list[PolicySample], sampler_logprobs: list[list[float]], cap: float) -> dict[str, float]:
+    """Set each sample's truncated importance weights (docs/algorithm.md [tis]); their statistics."""
+    parts = []
+    for s, behaviour in zip(samples, sampler_logprobs):
+        s.token_weights, stats = truncated_importance_weights(s.old_logprobs, torch.tensor(behaviour), cap)
+        parts.append(stats)
+    total = merge_tis_stats(parts)
+    return {"mismatch/tis_weight_mean": total.weight_mean, "mismatch/tis_truncated_fraction": total.truncated_fraction}
 
 
 def _untimed(_name: str):

@@ -76,7 +76,7 @@ EXPECTED_ALGO = {
     "grpo_dac": dict(eps_low=0.16, eps_high=0.2, ratio_cap=10.0, aggregation="seq_mean_token_mean", kl_coef=0.0),
     "dppo": dict(delta_low=0.15, delta_high=0.15, aggregation="seq_mean_token_mean", kl_coef=0.0),
 }
-COMMON = {"name", "kl_coef", "kl_type", "ppo_epochs", "mini_batch_prompts", "entropy_coef"}
+COMMON = {"name", "kl_coef", "kl_type", "ppo_epochs", "mini_batch_prompts", "entropy_coef", "tis_cap"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ALGO))

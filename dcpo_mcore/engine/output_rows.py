@@ -74,7 +74,8 @@ class ResponseRowSelector:
             module.sequence_parallel = False
             self._sp_switched_off.append(module)
         seq_len, batch, width = hidden.shape
-        rows = rows_of_sequence_first(self._positions.to(hidden.device), seq_len, batch)
+        # Row indices on the CPU (the micro-batch is built there: no device sync for the range check), then moved.
+        rows = rows_of_sequence_first(self._positions.cpu(), seq_len, batch).to(hidden.device, non_blocking=True)
         picked = hidden.reshape(seq_len * batch, width).index_select(0, rows).unsqueeze(1)
         return (picked, *args[1:]), kwargs
 

@@ -197,7 +197,9 @@ def run_commits(root: Path, runs) -> list[str]:
     for spec, seed in runs:
         path = run_path(root, spec.label, seed) / COMMITS_FILE
         if path.exists():
-            seen += [c for c in path.read_text().split() if c not in seen]
+            for commit in path.read_text().split():
+                if commit not in seen:
+                    seen.append(commit)
     return seen
 
 

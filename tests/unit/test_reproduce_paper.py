@@ -221,16 +221,17 @@ def test_each_process_records_its_commit_and_the_report_names_them(setup, monkey
         return 0
 
     monkeypatch.setattr(experiments, "run_train", started)
-    commits = iter(["aaa", "aaa", "bbb"])
+    commits = iter(["aaa", "aaa", "aaa", "bbb"])
     monkeypatch.setattr(tool, "source_commit", lambda repo: next(commits))
     root = Path(args.root)
     plan = paper.plan([1], ["dcpo", "grpo"])
     for spec, seed in plan:
         tool.run_one(args, spec, seed, pool, pre, root, "-")
+    tool.run_one(args, plan[0][0], 1, pool, pre, root, "-")  # resumed under the same code: still one commit
     assert tool.run_commits(root, plan) == ["aaa"]
     assert tool.commit_line(["aaa"]) == "Code: every run was made at commit `aaa`."
     tool.run_one(args, plan[0][0], 1, pool, pre, root, "-")  # resumed later under other code
-    assert (root / plan[0][0].label / "seed1" / tool.COMMITS_FILE).read_text() == "aaa\nbbb\n"
+    assert (root / plan[0][0].label / "seed1" / tool.COMMITS_FILE).read_text() == "aaa\naaa\nbbb\n"
     assert tool.run_commits(root, plan) == ["aaa", "bbb"]
     assert "span several commits" in tool.commit_line(["aaa", "bbb"])
     assert tool.commit_line([]) == "Code: not recorded."

@@ -34,7 +34,7 @@ class TisStats:
         return self.truncated / self.tokens if self.tokens else float("nan")
 
 
-def truncated_importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+def truncated_importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor | list[float],
                                  cap: float) -> tuple[torch.Tensor, TisStats]:
     """``min(exp(old - behaviour), cap)`` per token (float32), 1 where the behaviour log-prob is not finite."""
     if cap < 1.0:

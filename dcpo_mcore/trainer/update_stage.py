@@ -79,7 +79,7 @@ def _apply_tis(samples: list[PolicySample], sampler_logprobs: list[list[float]],
     """Set each sample's truncated importance weights (docs/algorithm.md [tis]); their statistics."""
     parts = []
     for s, behaviour in zip(samples, sampler_logprobs):
-        s.token_weights, stats = truncated_importance_weights(s.old_logprobs, torch.tensor(behaviour), cap)
+        s.token_weights, stats = truncated_importance_weights(s.old_logprobs, behaviour, cap)
         parts.append(stats)
     total = merge_tis_stats(parts)
     return {"mismatch/tis_weight_mean": total.weight_mean, "mismatch/tis_truncated_fraction": total.truncated_fraction}

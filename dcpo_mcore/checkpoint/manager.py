@@ -76,19 +76,21 @@ class CheckpointManager:
         self.checksum_max_bytes = checksum_max_bytes
 
     # ------------------------------------------------------------------------------------- save
-    def save(self, step: int, engine_save: Callable[[Path], None], trainer_state: dict) -> Path:
+    def save(self, step: int, engine_save: Callable[[Path], None], trainer_state: dict,
+             rank0_files: dict[str, bytes] | None = None) -> Path:
         """Write checkpoint ``step`` (collective); returns its ``step_*`` directory.
 
         ``engine_save(dir)`` is called on every rank with an empty, not yet existing directory inside
         the checkpoint (e.g. ``engine.save_checkpoint``). This rank's RNG state is captured after it, so
         a resumed run continues exactly where this one goes on. ``trainer_state`` (rank 0's is written)
-        must be identical on every rank.
+        must be identical on every rank. ``rank0_files`` (name -> bytes, given on rank 0) are state only
+        rank 0 has, such as the rollouts generated ahead of training; read them with :meth:`read_rank0_file`.
         """
         tmp = Path(self._on_rank0(lambda: self._begin(step), f"cannot start checkpoint {step}"))
         engine_save(tmp / MODEL_DIR)  # collective; an exception here leaves only the .tmp directory
         error = None
         try:
-            self._write_rank_files(tmp, trainer_state)
+            self._write_rank_files(tmp, trainer_state, rank0_files or {})
         except Exception as exc:  # noqa: BLE001 - reported on every rank by first_error below
             error = one_line(exc, None, typed=True)
         error = comm.first_error(error)  # also the barrier: every rank has written its files
@@ -104,7 +106,7 @@ class CheckpointManager:
         (tmp / RNG_DIR).mkdir(parents=True)
         return str(tmp)
 
-    def _write_rank_files(self, tmp: Path, trainer_state: dict) -> None:
+    def _write_rank_files(self, tmp: Path, trainer_state: dict, rank0_files: dict[str, bytes]) -> None:
         rank = comm.rank()
         payload = {"rank": rank, "world_size": comm.world_size(), "rng": capture_rng_state()}
         path = tmp / _rng_file(rank)
@@ -114,6 +116,17 @@ class CheckpointManager:
             os.fsync(f.fileno())
         if rank == 0:
             write_trainer_state(tmp, trainer_state)
+            for name, data in rank0_files.items():
+                if "/" in name or (tmp / name).exists():
+                    raise ValueError(f"rank-0 checkpoint file name {name!r} is taken or not a plain name")
+                write_durable(tmp / name, data)
+
+    @staticmethod
+    def read_rank0_file(path: str | Path, name: str) -> bytes | None:
+        """A file :meth:`save` wrote from ``rank0_files``, or None if that checkpoint has none (rank 0;
+        the manifest check of :meth:`load` covers it)."""
+        file = Path(path) / name
+        return file.read_bytes() if file.is_file() else None
 
     def _publish(self, tmp: Path, step: int) -> str:
         """Rank 0, after every rank wrote its files: fsync, manifest, rename; then pointer and pruning."""

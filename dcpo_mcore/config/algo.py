@@ -21,6 +21,7 @@ from .base import Section
 
 Aggregation = Literal["otm", "token_sum", "token_mean", "seq_mean_token_mean"]
 DEFAULT_ALGORITHM = "dcpo"
+DEFAULT_TIS_CAP = 2.0  # algo.tis_cap when left unset and rollout.max_staleness >= 1 (docs/algorithm.md [tis])
 _NAME = ("Policy-gradient method: dcpo (default), grpo, dapo or gspo; the ablations grpo_sas and grpo_dac; "
          "or dppo. It decides which settings exist.")
 
@@ -49,7 +50,8 @@ class _MethodSettings(Section):
     entropy_coef: float = Field(0.0, description="Entropy bonus coefficient (0 in all paper runs).")
     tis_cap: float | None = Field(
         None, ge=1.0, description="Truncated importance weight min(pi_old / pi_sampler, C) on each token's "
-        "policy-gradient term, from SGLang's sampler log-probs (docs/algorithm.md [tis]); C >= 1, null = off.")
+        "policy-gradient term, from SGLang's sampler log-probs (docs/algorithm.md [tis]); C >= 1, null = off. "
+        f"Left unset, it is off on-policy and {DEFAULT_TIS_CAP} when rollout.max_staleness >= 1.")
 
     def rollout_shaping(self) -> dict[str, Any]:
         """Keyword arguments for the rollout stage's group filter and reward shaping (DAPO's only)."""

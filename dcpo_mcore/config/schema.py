@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from .algo import AlgoConfig, DcpoSettings, with_default_name
+from .algo import DEFAULT_TIS_CAP, AlgoConfig, DcpoSettings, with_default_name
 from .base import Section
 from .errors import ConfigProblems
 from .launch import LaunchConfig
@@ -56,6 +56,8 @@ class TrainConfig(Section):
     def _resolve_and_check(self) -> "TrainConfig":
         if self.checkpoint.dir is None:
             self.checkpoint.dir = f"{self.run_dir.rstrip('/')}/checkpoints"
+        if self.rollout.max_staleness >= 1 and "tis_cap" not in self.algo.model_fields_set:
+            self.algo.tis_cap = DEFAULT_TIS_CAP  # off-policy samples get the correction unless it is set (null = off)
         problems = cross_field_problems(self)
         if problems:
             raise ConfigProblems(problems)

@@ -76,9 +76,20 @@ class RolloutConfig(Section):
     mismatch_bound: float = Field(
         0.05, gt=0.0, description="A step whose mean |trainer - SGLang| log-prob per response token "
         "exceeds this logs a warning and sets invariant/mismatch_within_bound = 0 (the servers may not "
-        "be serving the trainer's weights).")
+        "be serving the trainer's weights). Checked on batches generated with the step's own policy only; "
+        "with max_staleness >= 1 the gap is off-policyness and is reported, not checked.")
     max_concurrency: int = Field(
         256, ge=1, description="Most /generate requests in flight at once, over all servers.")
+    max_staleness: int = Field(
+        0, ge=0, description="K: generate the batches of steps s+1 .. s+K while step s trains, each sample at most "
+        "K weight versions old when it is trained on (docs/algorithm.md [async-rollout]); 0 = on-policy, "
+        "generation and training take turns.")
+    push_mode: Literal["wait", "abort", "retract", "in_place"] = Field(
+        "wait", description="What happens to generation in flight when new weights are pushed, with "
+        "max_staleness >= 1: wait (the push waits until every batch that needs older weights is done; "
+        "deterministic), or SGLang's pause_generation mode: abort (in-flight requests are aborted and "
+        "regenerated with the new weights), retract (requeued; their cache is recomputed with the new "
+        "weights) or in_place (they continue with the new weights on the old cache).")
     sglang_extra_args: list[str] = Field(
         default_factory=list, description="Extra command-line arguments for launched SGLang servers, "
         "e.g. [--mem-fraction-static, '0.8'].")

@@ -96,6 +96,9 @@ def _rollout(cfg: "TrainConfig") -> list[str]:
     if not r.server_urls and r.num_servers == 0:
         out.append("rollout.num_servers: 0 and rollout.server_urls is empty, so there is no server; "
                    "set rollout.num_servers >= 1 or list rollout.server_urls")
+    if r.push_mode != "wait" and r.max_staleness == 0:
+        out.append(f"rollout.push_mode: {r.push_mode} pauses generation in flight during a push, and with "
+                   "rollout.max_staleness=0 nothing is in flight then; set rollout.max_staleness >= 1 or push_mode=wait")
     total = len(r.server_urls) or r.num_servers
     if r.use_router and total < 2:
         out.append(f"rollout.use_router: true needs more than one server (got {total}); set "

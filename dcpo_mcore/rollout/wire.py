@@ -182,6 +182,13 @@ class GenerateResponse(BaseModel):
         )
 
     @property
+    def versions_seen(self) -> set[str | None]:
+        """Every weight version that made a token of this sample (two when a push paused it mid-way);
+        the final ``weight_version`` alone when the server reports no spans."""
+        spans = {span.version for span in self.weight_versions or []}
+        return spans | {self.weight_version} if spans else {self.weight_version}
+
+    @property
     def finished_by(self) -> str | None:
         """"length", "stop" or "abort" (None if the server sent no finish reason)."""
         return None if self.finish_reason is None else self.finish_reason.type

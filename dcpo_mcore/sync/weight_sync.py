@@ -72,6 +72,10 @@ class SyncSettings:
     verify_num_prompts: int = 2
     verify_prompt_len: int = 32
     verify_seed: int = 1234
+    # Generation in flight during a push (rollout.push_mode): None = nothing is in flight (the trainer waited
+    # for it: on-policy, or push_mode=wait); else SGLang's /pause_generation mode before the update and
+    # /continue_generation after it (docs/algorithm.md [async-rollout]).
+    pause_mode: str | None = None
 
 
 def settings_from_config(sync_cfg: Any) -> SyncSettings:
@@ -115,6 +119,21 @@ class WeightSync:
     def push(self, version: str) -> dict[str, float]:
         """Sync every worker to the trainer's current weights, labelled ``version``. Collective."""
         t0 = time.perf_counter()
+        paused = self._pause_generation()
+        try:
+            metrics, attempt = self._push_attempts(version)
+        finally:
+            if paused:
+                self._continue_generation()
+        metrics = {**metrics, "sync/seconds": time.perf_counter() - t0, "sync/attempts": float(attempt)}
+        metrics["sync/gbps"] = 8e-9 * metrics["sync/bytes"] / max(metrics["sync/seconds"], 1e-9)
+        self.version, self.pushes = version, self.pushes + 1
+        every = self.settings.verify_every
+        if every and self.pushes % every == 0:
+            metrics["sync/logprob_max_abs_diff"] = self.verify()
+        return metrics
+
+    def _push_attempts(self, version: str) -> tuple[dict[str, float], int]:
         failure: SendFailure | None = None
         for attempt in range(1, self.settings.max_attempts + 1):
             status = self._bcast(self._prepare(attempt, failure) if self.rank0 else None)
@@ -133,13 +152,29 @@ class WeightSync:
                 log.warning("weight sync attempt %d failed: %s; re-pushing everything", attempt, status[1])
         if not self._keep_buffers():
             self._pool = None  # its buffers go back when the last bucket does (pool-free until the next push)
-        metrics = {**status[1], "sync/seconds": time.perf_counter() - t0, "sync/attempts": float(attempt)}
-        metrics["sync/gbps"] = 8e-9 * metrics["sync/bytes"] / max(metrics["sync/seconds"], 1e-9)
-        self.version, self.pushes = version, self.pushes + 1
-        every = self.settings.verify_every
-        if every and self.pushes % every == 0:
-            metrics["sync/logprob_max_abs_diff"] = self.verify()
-        return metrics
+        return status[1], attempt
+
+    def _pause_generation(self) -> bool:
+        """Rank 0, with a pause mode: pause every worker's generation in flight. A worker that does not
+        answer is not generating (it is down; the attempt below waits for it); True if any was paused."""
+        mode = self.settings.pause_mode
+        if not (self.rank0 and mode):
+            return False
+        paused = False
+        for a in self.admins:
+            try:
+                a.pause_generation(mode)
+                paused = True
+            except Exception as exc:  # noqa: BLE001 - liveness is _prepare's job; say it and go on
+                log.warning("could not pause generation on %s before the push: %s", a.url, one_line(exc, 300))
+        return paused
+
+    def _continue_generation(self) -> None:
+        for a in self.admins:  # before verify(), whose /generate calls a paused worker would hold
+            try:
+                a.continue_generation()
+            except Exception as exc:  # noqa: BLE001 - a worker that died since is restarted unpaused
+                log.warning("could not resume generation on %s after the push: %s", a.url, one_line(exc, 300))
 
     def verify(self) -> float:
         """Max |trainer - server| prompt log-prob over the fixed sequences and all workers. Collective.

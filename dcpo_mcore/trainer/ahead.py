@@ -1,6 +1,7 @@
 """Rollouts generated ahead of training, with bounded staleness: the schedule and rank 0's generation thread.
 
-Work in progress for asynchronous rollout (``rollout.max_staleness``); nothing in the loop uses it yet.
+Used by :class:`~dcpo_mcore.trainer.producers.AheadProducer` when ``rollout.max_staleness`` >= 1
+(docs/algorithm.md [async-rollout]).
 
 Versions are step numbers: version ``s`` is the policy after training step ``s`` (the run's first
 version is its start step). On-policy, step ``t`` trains on samples of version ``t - 1``. With a
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 
 def generation_version(step: int, first: int, max_staleness: int) -> int:
@@ -48,6 +50,8 @@ class AheadBuffer:
         self._pushed = first
         self._error: BaseException | None = None
         self._closed = False
+        self._busy = False  # a batch is being generated
+        self._holds = 0  # quiet() sections in progress: no batch may start
         self._cond = threading.Condition()
         self.generation_seconds: dict[int, float] = {}
         self.rollout_idle_seconds = 0.0  # the thread waiting for a weight version
@@ -80,6 +84,20 @@ class AheadBuffer:
             self._pushed = max(self._pushed, version)
             self._cond.notify_all()
 
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """No generation inside: waits for the batch in progress, and none starts until the block ends
+        (a re-push of the current weights, or a regeneration in the trainer's thread)."""
+        with self._cond:
+            self._holds += 1
+            self._cond.wait_for(lambda: not self._busy or self._closed)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify_all()
+
     def buffered(self) -> dict[int, Any]:
         """Finished batches not taken yet (what a checkpoint must keep: their versions are gone after a resume)."""
         with self._cond:
@@ -100,19 +118,21 @@ class AheadBuffer:
                     return
                 need = generation_version(step, self.first, self.k)
                 t0 = time.perf_counter()
-                self._cond.wait_for(lambda: self._pushed >= need or self._closed)
+                self._cond.wait_for(lambda: (self._pushed >= need and not self._holds) or self._closed)
                 self.rollout_idle_seconds += time.perf_counter() - t0
                 if self._closed:
                     return
+                self._busy = True
             t1 = time.perf_counter()
             try:
                 batch = self._generate(step)
             except BaseException as exc:  # noqa: BLE001 - handed to the trainer, which raises it
                 with self._cond:
-                    self._error = exc
+                    self._error, self._busy = exc, False
                     self._cond.notify_all()
                 return
             with self._cond:
+                self._busy = False
                 self.generation_seconds[step] = time.perf_counter() - t1
                 self._ready[step] = batch
                 self._next = step + 1

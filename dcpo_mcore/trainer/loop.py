@@ -5,10 +5,13 @@ Every trainer rank runs this function; rank 0 talks to SGLang and the graders, a
 
     t.rollout.collect(step)   1-3  prompts from the cursor, n samples each from SGLang (sampler log-probs
                                    and weight_version kept; stale groups re-pushed and regenerated; DAPO
-                                   over-generation), graded by the reward pool
+                                   over-generation), graded by the reward pool; made now (on-policy) or
+                                   taken from the generation running ahead (rollout.max_staleness >= 1,
+                                   t.producer: trainer/producers.py)
     update_policy(...)        4-6  advantages (SAS against the per-prompt store for DCPO), old log-probs
                                    from the megatron forward, PPO epochs x mini-batch optimizer steps
     t.sync.push(version)      7    gather shards -> HF names -> buckets -> broadcast into every worker
+                                   (ahead, push_mode=wait: first the batches needing the old weights finish)
     t.save(step)              8    atomic whole-state checkpoint (weights, optimizer, SAS, cursor, RNG)
     t.log(step, metrics)      9    metrics.jsonl, TensorBoard, console progress
 
@@ -44,8 +47,10 @@ def train(cfg: TrainConfig) -> dict:
             t1 = time.perf_counter()
             metrics = update_policy(t.engine, batch, t.store, t.update, t.ref_engine, phase=t.meter)
             t2 = time.perf_counter()
+            push_wait = t.producer.before_push(step)
             with t.meter("sync"):
                 metrics.update(t.sync.push(str(step)))
+            t.producer.after_push(step)
             if t.eval_due(step):
                 with t.meter("eval"):
                     metrics.update(t.run_eval(step))
@@ -54,8 +59,9 @@ def train(cfg: TrainConfig) -> dict:
                 with t.meter("save"):
                     t.save(step)
             elapsed = time.perf_counter() - t0
-            metrics.update({"timing/save_seconds": 0.0, **t.meter.end_step(step), "timing/update_seconds": t2 - t1,
-                            "timing/step_seconds": elapsed,
+            timing = {"timing/save_seconds": 0.0, **t.meter.end_step(step), "timing/update_seconds": t2 - t1,
+                      "timing/step_seconds": elapsed}
+            metrics.update({**timing, **t.producer.step_timing(timing, push_wait),
                             "perf/tokens_per_second": metrics["perf/trained_tokens"] / elapsed,
                             "data/epoch": float(t.cursor.state_dict().get("epoch", 0))})
             t.log(step, metrics)

@@ -7,15 +7,19 @@ advantage math on the same numbers.
 Two things can make a rollout unusable, and both are repaired here rather than trained on:
 
 * **Stale weights.** A server that died and was restarted (by us, or by whoever owns it) serves its
-  start-up weights. Every sample carries the ``weight_version`` it was generated with; groups whose
-  version is not the one last pushed are dropped, the weights are pushed again (a collective), and
-  those groups are generated again.
+  start-up weights. Every sample carries the ``weight_version`` it was generated with (every version,
+  when a push paused it mid-way); groups with a version that is unknown, newer than the last push, or
+  more than ``rollout.max_staleness`` older than the step's policy (docs/algorithm.md [async-rollout])
+  are dropped, the weights are pushed again (a collective), and those groups are generated again, with
+  no generation ahead running meanwhile. On-policy (K = 0) that means exactly the last pushed version.
 * **DAPO dynamic sampling** (docs/algorithm.md [dapo-dynamic-sampling]): groups whose rewards all agree carry
   no signal; more prompts are rolled out until ``prompts_per_step`` informative groups are kept, at most
   ``max_gen_batches`` rounds, and every generated response is counted.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,7 +55,9 @@ class RolloutBatch:
     truncated: list[bool] = field(default_factory=list)  # stopped by max_new_tokens
     generated_responses: int = 0  # everything SGLang produced for this step, dropped groups included
     generation_rounds: int = 0
-    stale_regenerated: int = 0  # groups generated again because their weights were stale
+    stale_regenerated: int = 0  # groups dropped and generated again: their weights were stale (rollout/dropped_stale)
+    staleness_mean: float = 0.0  # versions between the step's policy and each group's oldest generating version
+    staleness_max: int = 0
     cursor_state: dict | None = None  # rank 0's prompt cursor after this step (shared with all ranks)
     # per group, rank 0 only (dropped before the broadcast): the prompt record and the weight versions seen
     group_records: list = field(default_factory=list, repr=False)
@@ -78,6 +84,34 @@ class RolloutBatch:
         return out
 
 
+def version_number(label: Any) -> int | None:
+    """A weight-version label as the step number we push it as; None for any other label (a server's
+    start-up "default", or weights someone else loaded)."""
+    return int(label) if isinstance(label, str) and label.isdigit() else None
+
+
+def batches_to_bytes(batches: dict[int, RolloutBatch]) -> bytes:
+    """Finished batches not yet trained on (rollouts generated ahead), as the checkpoint keeps them: their
+    weight versions are gone after a resume, so they cannot be generated again (JSON; NaN allowed)."""
+    def plain(batch: RolloutBatch) -> dict:
+        out = dataclasses.asdict(batch)
+        out["group_versions"] = [sorted(v, key=str) for v in batch.group_versions]
+        return out
+
+    return json.dumps({str(step): plain(b) for step, b in sorted(batches.items())}).encode()
+
+
+def batches_from_bytes(data: bytes) -> dict[int, RolloutBatch]:
+    from dcpo_mcore.data.records import PromptRecord
+
+    out = {}
+    for step, fields in json.loads(data).items():
+        fields["group_records"] = [PromptRecord(**r) for r in fields["group_records"]]
+        fields["group_versions"] = [set(v) for v in fields["group_versions"]]
+        out[int(step)] = RolloutBatch(**fields)
+    return out
+
+
 @dataclass(frozen=True)
 class RolloutSettings:
     prompts_per_step: int
@@ -91,31 +125,39 @@ class RolloutSettings:
 
 
 class RolloutStage:
-    """Rank 0 owns ``client``/``pool``/``next_prompts`` (None elsewhere); ``sync`` is every rank's."""
+    """Rank 0 owns ``client``/``pool``/``next_prompts`` (None elsewhere); ``sync`` is every rank's.
+
+    ``producer`` (trainer/producers.py) hands rank 0 each step's batch: on-policy until setup installs
+    the one ``rollout.max_staleness`` asks for, after the first push."""
 
     def __init__(self, settings: RolloutSettings, sync: Any, *, client: Any = None, pool: Any = None,
                  tokenizer: Any = None, next_prompts: Callable[[], list] | None = None,
                  cursor_state: Callable[[], dict] | None = None):
+        from .producers import OnPolicyProducer
+
         self.settings, self.sync = settings, sync
         self.client, self.pool, self.tokenizer = client, pool, tokenizer
         self.next_prompts, self.cursor_state = next_prompts, cursor_state
         self._eos = getattr(tokenizer, "eos_token_id", None)
+        self.producer: Any = OnPolicyProducer(self._generate_all if comm.is_rank0() else None)
 
     def collect(self, step: int) -> RolloutBatch:
-        """A full batch of ``prompts_per_step`` groups, generated with the current weights. Collective."""
-        batch = self._generate_all(step) if comm.is_rank0() else None
+        """A full batch of ``prompts_per_step`` groups, each within the staleness bound. Collective."""
+        batch = self.producer.take(step) if comm.is_rank0() else None
         for _ in range(MAX_STALE_REPAIRS):
-            stale = comm.broadcast_object(self._stale_groups(batch) if comm.is_rank0() else None)
+            stale = comm.broadcast_object(self._stale_groups(batch, step) if comm.is_rank0() else None)
             if not stale:
                 if batch is not None:
+                    batch.staleness_mean, batch.staleness_max = self._staleness(batch, step)
                     batch.group_records, batch.group_versions = [], []
                 return comm.broadcast_object(batch)
             if comm.is_rank0():
                 log.warning("%d group(s) of step %d were generated with stale weights (a server restarted?); "
                             "pushing the weights again and regenerating them", len(stale), step)
-            self.sync.push(self.sync.version)  # collective
-            if comm.is_rank0():
-                batch = self._regenerate(batch, stale, step)
+            with self.producer.quiet():  # nothing generated ahead meanwhile (it would see the re-push)
+                self.sync.push(self.sync.version)  # collective
+                if comm.is_rank0():
+                    batch = self._regenerate(batch, stale, step)
         raise RolloutStepError(f"step {step}: servers kept answering with stale weights after {MAX_STALE_REPAIRS} "
                            "re-pushes; check the server logs in the run directory")
 
@@ -154,7 +196,7 @@ class RolloutStage:
         texts = []
         for record, samples in zip(records, results):
             out.group_records.append(record)
-            out.group_versions.append({x.weight_version for x in samples})
+            out.group_versions.append(set().union(*(x.versions_seen for x in samples)))
             for x in samples:
                 ids = list(x.output_ids)
                 lps = list(x.output_logprobs or [])
@@ -177,9 +219,15 @@ class RolloutStage:
         out.format_error = [not g.has_box for g in graded]
         return out
 
-    def _stale_groups(self, batch: RolloutBatch) -> list[int]:
-        expected = self.sync.version
-        return [g for g, seen in enumerate(batch.group_versions) if seen != {expected}]
+    def _stale_groups(self, batch: RolloutBatch, step: int) -> list[int]:
+        newest, oldest = int(self.sync.version), step - 1 - self.producer.max_staleness
+        return [g for g, seen in enumerate(batch.group_versions)
+                if not all(v is not None and oldest <= v <= newest for v in map(version_number, seen))]
+
+    @staticmethod
+    def _staleness(batch: RolloutBatch, step: int) -> tuple[float, int]:
+        ages = [step - 1 - min(map(version_number, seen)) for seen in batch.group_versions]
+        return (sum(ages) / len(ages), max(ages)) if ages else (0.0, 0)
 
     def _regenerate(self, batch: RolloutBatch, stale: list[int], step: int) -> RolloutBatch:
         fresh = self._generate([batch.group_records[g] for g in stale], step)

@@ -27,7 +27,8 @@ from dcpo_mcore.metrics.phases import PhaseMeter
 from dcpo_mcore.world_env import single_process_env_defaults
 
 from dcpo_mcore.engine import collectives as comm
-from .rollout_stage import RolloutSettings, RolloutStage
+from .producers import build_producer
+from .rollout_stage import RolloutSettings, RolloutStage, batches_from_bytes, batches_to_bytes
 from .update_stage import UpdateSettings
 from dcpo_mcore.errors import UserValueError
 from dcpo_mcore.termination import raise_if_terminated
@@ -37,6 +38,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # While rank 0 rolls out or evaluates (tens of minutes at production scale: 512 x 16 samples of up to 3072
 # tokens), the other ranks wait in a broadcast; the default 10-minute collective timeout would kill them.
 COLLECTIVE_TIMEOUT_S = 4 * 3600
+ROLLOUT_BUFFER_FILE = "rollout_buffer.json"  # rank 0's rollouts generated ahead of training (max_staleness >= 1)
 
 
 @dataclass
@@ -82,10 +84,17 @@ class Trainer:
         metrics = self.evaluate(step) if (self.evaluate is not None and comm.is_rank0()) else {}
         return comm.broadcast_object(metrics)
 
+    @property
+    def producer(self):
+        """Where the batches come from (trainer/producers.py): on-policy or generated ahead."""
+        return self.rollout.producer
+
     def save(self, step: int) -> None:
         state = {"step": step, "weight_version": self.sync.version, "sas_store": self.store.state_dict(),
                  "cursor": self.cursor.state_dict(), "config_json": self.cfg.model_dump_json()}
-        self.ckpt.save(step, self.engine.save_checkpoint, state)
+        ahead = self.producer.buffered()  # rank 0's batches for steps after this one, already generated
+        files = {ROLLOUT_BUFFER_FILE: batches_to_bytes(ahead)} if ahead else None
+        self.ckpt.save(step, self.engine.save_checkpoint, state, rank0_files=files)
 
     def log(self, step: int, metrics: dict) -> None:
         if self.sinks is not None:
@@ -158,9 +167,15 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         store = PromptStatsStore()
         ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep_last)
         start_step, resumed = _resume(cfg, ckpt, engine, store, cursor)
+        ahead = _rollouts_ahead(cfg, resumed)
+        # Generating ahead draws prompts before the trainer reaches them: that cursor is its own, and the
+        # trainer's (checkpointed) one follows each batch it trains on.
+        gen_cursor = cursor if cfg.rollout.max_staleness == 0 else _make_cursor(cfg, len(train_set))
+        gen_cursor.load_state_dict(ahead[max(ahead)].cursor_state if ahead else cursor.state_dict())
 
         servers = servers_box.join() if comm.is_rank0() else None
-        sync = WeightSync(engine, servers, settings_from_config(cfg.sync))
+        pause = None if cfg.rollout.push_mode == "wait" else cfg.rollout.push_mode
+        sync = WeightSync(engine, servers, replace(settings_from_config(cfg.sync), pause_mode=pause))
         closers.append(sync.close)
         client = pool = None
         if comm.is_rank0():
@@ -172,7 +187,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
                             max_new_tokens=cfg.rollout.max_new_tokens,
                             **cfg.algo.rollout_shaping()),
             sync, client=client, pool=pool, tokenizer=tokenizer,
-            next_prompts=lambda: [train_set[i] for i in cursor.next_batch()], cursor_state=cursor.state_dict)
+            next_prompts=lambda: [train_set[i] for i in gen_cursor.next_batch()], cursor_state=gen_cursor.state_dict)
         update = UpdateSettings(parts.spec.estimator, parts.estimator_params, cfg.algo.mini_batch_prompts,
                                 cfg.algo.ppo_epochs, cfg.rollout.mismatch_bound, cfg.algo.tis_cap)
         meter = PhaseMeter(Path(cfg.run_dir) / "memory" / f"rank_{comm.rank():05d}.jsonl")
@@ -181,6 +196,11 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         # The servers booted with the checkpoint's weights, not necessarily ours (resume, init_checkpoint),
         # so the first push happens before any rollout; it also verifies log-prob parity.
         first = sync.push(str(start_step))
+        rollout.producer = build_producer(
+            rollout._generate_all if comm.is_rank0() else None, max_staleness=cfg.rollout.max_staleness,
+            push_mode=cfg.rollout.push_mode, first=start_step, last_step=cfg.steps, preloaded=ahead,
+            abort=client.abort if client is not None else None)
+        closers.append(rollout.producer.close)  # before the servers and the client go (closers run in reverse)
         if comm.is_rank0():
             trainer.sinks = _sinks(cfg, start_step, resumed, closers)
             trainer.evaluate = _evaluator(cfg, client, pool, tokenizer)
@@ -243,6 +263,24 @@ def _resume(cfg: TrainConfig, ckpt, engine, store, cursor) -> tuple[int, str | N
     if comm.is_rank0():
         log.info("resuming at step %d from %s", state["step"], path)
     return int(state["step"]), str(path)
+
+
+def _rollouts_ahead(cfg: TrainConfig, resumed: str | None) -> dict:
+    """Rank 0: the batches the checkpoint holds for the steps after it (generated ahead of training)."""
+    if not (resumed and comm.is_rank0()):
+        return {}
+    from dcpo_mcore.checkpoint import CheckpointManager
+
+    data = CheckpointManager.read_rank0_file(resumed, ROLLOUT_BUFFER_FILE)
+    if data is None:
+        return {}
+    if cfg.rollout.max_staleness == 0:  # its batches were made with older weights than an on-policy step takes
+        log.info("the checkpoint holds rollouts generated ahead, but rollout.max_staleness=0: they are not used")
+        return {}
+    batches = {s: b for s, b in batches_from_bytes(data).items() if s <= cfg.steps}
+    log.info("%d rollout batch(es) generated ahead restored from the checkpoint (steps %s)", len(batches),
+             sorted(batches))
+    return batches
 
 
 class _Background:

@@ -10,7 +10,9 @@ Invariant checks (cheap, always on, reported as ``invariant/*`` metrics):
   ratio is 0. Anything else means the forward passes disagree (dropout on? a layout bug?);
 * a non-finite loss or grad norm skips the optimizer step (the engine's guard) and is counted;
 * the trainer's old log-probs and SGLang's sampler log-probs agree within ``mismatch_bound``
-  (mean |diff| over tokens); a larger gap means the rollout engine is not serving our weights.
+  (mean |diff| over tokens); a larger gap means the rollout engine is not serving our weights. Checked
+  only on batches generated with the step's own policy: an off-policy batch (rollout.max_staleness >= 1)
+  differs by design, and the push's log-prob verification checks the servers' weights instead.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def update_policy(engine, batch: RolloutBatch, store, settings: UpdateSettings, 
         if ref_engine is not None:
             for s, lp in zip(samples, ref_engine.compute_logprobs(samples).logprobs):
                 s.ref_logprobs = lp
-    metrics = {**_rollout_metrics(batch, adv), **_mismatch_metrics(batch, old.logprobs, settings.mismatch_bound)}
+    bound = settings.mismatch_bound if batch.staleness_max == 0 else None
+    metrics = {**_rollout_metrics(batch, adv), **_mismatch_metrics(batch, old.logprobs, bound)}
     if settings.tis_cap is not None:
         metrics.update(_apply_tis(samples, batch.sampler_logprobs, settings.tis_cap))
 
@@ -104,23 +107,28 @@ def _rollout_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]
         "rollout/truncated_ratio": sum(batch.truncated) / n,
         "rollout/generated_responses": float(batch.generated_responses),
         "rollout/generation_rounds": float(batch.generation_rounds),
-        "rollout/stale_groups_regenerated": float(batch.stale_regenerated),
+        "rollout/dropped_stale": float(batch.stale_regenerated),
+        "rollout/staleness_mean": batch.staleness_mean,
+        "rollout/staleness_max": float(batch.staleness_max),
         "perf/trained_tokens": float(sum(lengths) + sum(len(p) for p in batch.prompt_ids)),
     }
 
 
-def _mismatch_metrics(batch: RolloutBatch, trainer_lps: list[torch.Tensor], bound: float) -> dict[str, float]:
+def _mismatch_metrics(batch: RolloutBatch, trainer_lps: list[torch.Tensor], bound: float | None) -> dict[str, float]:
+    """``bound`` None: an off-policy batch; the gap is reported, and no invariant is claimed for it."""
     diffs = [(lp - torch.tensor(s, dtype=torch.float32)).abs() for lp, s in zip(trainer_lps, batch.sampler_logprobs)]
     flat = torch.cat(diffs) if diffs else torch.zeros(0)
     flat = flat[torch.isfinite(flat)]  # a sample without sampler log-probs is left out, not counted as 0
     mean = float(flat.mean()) if flat.numel() else float("nan")
+    out = {"mismatch/logprob_abs_mean": mean,
+           "mismatch/logprob_abs_max": float(flat.max()) if flat.numel() else float("nan")}
+    if bound is None:
+        return out
     within = math.isfinite(mean) and mean <= bound
     if not within:
         log.warning("trainer/SGLang log-prob mismatch %.4g exceeds the bound %.4g: the rollout engine may not be "
                     "serving the trainer's weights (check sync/logprob_max_abs_diff and dtypes)", mean, bound)
-    return {"mismatch/logprob_abs_mean": mean,
-            "mismatch/logprob_abs_max": float(flat.max()) if flat.numel() else float("nan"),
-            "invariant/mismatch_within_bound": float(within)}
+    return {**out, "invariant/mismatch_within_bound": float(within)}
 
 
 def _update_metrics(steps: list[dict[str, float]]) -> dict[str, float]:

@@ -16,6 +16,10 @@ STEP's megatron file writer SIGKILLs the trainer mid-write, then dawdles: megatr
 writer processes, whose leftovers must die with the trainer; 0.19 writes from threads of the trainer,
 which the kill ends at once). The production code
 is unchanged: hooks are monkeypatches in this process, and the kill is a real SIGKILL.
+
+``--kill-server POINT STEP`` SIGKILLs the SGLang server the trainer launched instead (its manager
+restarts it): rollout (as the batch of step STEP starts generating; with rollout.max_staleness >= 1 that
+is while an earlier step trains) or sync (inside the weight push after step STEP, mid-broadcast).
 """
 from __future__ import annotations
 
@@ -138,6 +142,54 @@ def install_kill(point: str, step: int) -> None:
 
 _current_step = [0]
 _saving = [None]
+_managers: list = []
+
+
+def _kill_server(where: str) -> None:
+    pid = _managers[0].pids()["server_0"]
+    print(f"[kill_trainer] SIGKILL to SGLang server_0 (pid {pid}) at {where}", flush=True)
+    os.kill(pid, signal.SIGKILL)
+
+
+def install_server_kill(point: str, step: int) -> None:
+    from dcpo_mcore.rollout import ServerManager
+
+    orig_start = ServerManager.start
+
+    def start(self, *args, **kwargs):
+        _managers.append(self)
+        return orig_start(self, *args, **kwargs)
+
+    ServerManager.start = start
+    if point == "rollout":
+        from dcpo_mcore.trainer.rollout_stage import RolloutStage
+
+        orig_all = RolloutStage._generate_all
+
+        def generate_all(self, s):
+            if s == step:
+                _kill_server(f"the rollout of step {step}")
+            return orig_all(self, s)
+
+        RolloutStage._generate_all = generate_all
+    elif point == "sync":
+        from dcpo_mcore.sync.weight_sync import WeightSync
+
+        orig_push, orig_stream = WeightSync.push, WeightSync._stream
+
+        def push(self, version):
+            self._kill_server_now = version == str(step)
+            return orig_push(self, version)
+
+        def stream(self, timings):
+            if getattr(self, "_kill_server_now", False):
+                self._kill_server_now = False
+                _kill_server(f"the weight push of step {step}")
+            return orig_stream(self, timings)
+
+        WeightSync.push, WeightSync._stream = push, stream
+    else:
+        raise SystemExit(f"unknown server kill point {point!r}")
 
 
 def _track_step() -> None:
@@ -159,11 +211,14 @@ if __name__ == "__main__":
     p.add_argument("--record")
     p.add_argument("--replay")
     p.add_argument("--kill", nargs=2, metavar=("POINT", "STEP"))
+    p.add_argument("--kill-server", nargs=2, metavar=("POINT", "STEP"))
     args = p.parse_args(argv[:split])
     kill = (args.kill[0], int(args.kill[1])) if args.kill else None
     install_record_replay(args.record, args.replay, kill)
     if kill is not None:
         install_kill(*kill)
+    if args.kill_server:
+        install_server_kill(args.kill_server[0], int(args.kill_server[1]))
     from dcpo_mcore.cli import train_main
 
     sys.exit(train_main(argv[split + 1:]))

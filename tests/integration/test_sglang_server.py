@@ -191,3 +191,59 @@ def test_server_killed_mid_rollout_is_restarted_and_no_sample_is_lost(sglang_ser
     assert servers.restarts()["server_0"] == restarts_before + 1
     assert servers.pids()["server_0"] != pid_before and servers.worker_urls[0] == url  # same port
     assert "launch 2 of server_0" in log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", ["abort", "retract", "in_place"])
+def test_each_push_mode_pauses_generation_in_flight_and_labels_its_tokens(sglang_servers, mode):
+    """rollout.push_mode's three pause modes, as WeightSync drives them (pause, relabel, continue) while
+    samples are being generated (docs/algorithm.md [async-rollout]): abort ends the requests in flight and
+    the client generates them again under the new version; retract and in_place keep them, and a sample
+    that straddles the push reports both versions (one still queued starts after it)."""
+    import threading
+
+    from dcpo_mcore.rollout import SamplingParams
+    from dcpo_mcore.rollout.admin import EngineAdmin
+
+    servers = sglang_servers
+    servers.wait_ready(300)
+    url, log_path = servers.worker_urls[1], servers.log_path(1)
+    admin = EngineAdmin(url, timeout_s=60)
+    admin.update_weight_version(f"before-{mode}", abort_all_requests=False)
+    from dcpo_mcore.rollout import ClientOptions, RolloutClient
+
+    client = RolloutClient(servers.endpoints(workers=[1]), ClientOptions(max_concurrency=8))
+    served_before = count_generate_requests(log_path)
+    prompts = [[11 + i, 21 + i, 31 + i] for i in range(4)]
+
+    def push() -> None:
+        admin.pause_generation(mode)
+        admin.update_weight_version(f"after-{mode}", abort_all_requests=False)
+        admin.continue_generation()
+
+    async def generate_and_push():
+        task = asyncio.create_task(client.generate(
+            prompts, SamplingParams(temperature=1.0, max_new_tokens=1500, ignore_eos=True), n=2))
+        await asyncio.sleep(1.5)  # every request is in flight, none is done (1500 tokens take longer)
+        assert not task.done() and count_generate_requests(log_path) == served_before
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        await asyncio.get_running_loop().run_in_executor(None, pusher.join)
+        return await task
+
+    groups = asyncio.run(generate_and_push())
+    samples = [s for g in groups for s in g]
+    assert all(len(s.output_ids) == 1500 == len(s.output_logprobs) for s in samples)
+    seen = [s.versions_seen for s in samples]
+    if mode == "abort":
+        assert client.stats["aborted_by_server"] >= 1
+        assert all(v == {f"after-{mode}"} for v in seen), seen  # regenerated whole with the new version
+    else:
+        assert client.stats["aborted_by_server"] == 0
+        # a sample that was decoding at the push straddles it; one still queued starts after it
+        both = [s for s, v in zip(samples, seen) if v == {f"before-{mode}", f"after-{mode}"}]
+        assert both and all(v in ({f"after-{mode}"}, {f"before-{mode}", f"after-{mode}"}) for v in seen), seen
+        for s in both:  # the spans cover the tokens in order, old version first
+            spans = s.weight_versions
+            assert [x.version for x in spans] == [f"before-{mode}", f"after-{mode}"]
+            assert spans[0].start == 0 and spans[0].end == spans[1].start and spans[1].end == 1500

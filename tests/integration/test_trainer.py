@@ -151,8 +151,6 @@ def test_two_cpu_runs_sample_differently(setup, reference):
 @pytest.mark.parametrize("point,step", [("rollout", 2), ("update", 2), ("sync", 2), ("save", 2),
                                         ("writers", 2)])
 def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point, step):
-    import torch
-
     run_dir = setup["root"] / f"killed_{point}"
     replay = ("--replay", str(setup["root"] / "rollouts"))
     killed = _run(_args(setup, run_dir), *replay, "--kill", point, str(step))
@@ -162,6 +160,13 @@ def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point
     resumed = _run(_args(setup, run_dir), *replay)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming at step 1" in resumed.stderr, resumed.stderr[-3000:]
+    _assert_same_run(reference, run_dir)
+
+
+def _assert_same_run(reference: Path, run_dir: Path) -> None:
+    """Every stable metric of every step, the final trainer state, weights and optimizer state are equal."""
+    import torch
+
     ref, got = _metrics(reference), _metrics(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))  # the killed step's row is not duplicated
     for s in range(1, STEPS + 1):
@@ -177,6 +182,112 @@ def test_kill9_then_resume_matches_the_uninterrupted_run(setup, reference, point
     differ = [k for k in ref_w if not torch.equal(ref_w[k], got_w[k])]
     assert not differ, f"weights / optimizer state differ from the uninterrupted run: {differ[:5]}"
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the killed save's leftovers are gone
+
+
+# ------------------------------------------------------------------ rollouts generated ahead (max_staleness)
+@pytest.fixture(scope="module")
+def ahead_reference(setup):
+    """k -> the uninterrupted run at rollout.max_staleness=k (push_mode=wait), its rollouts recorded."""
+    runs: dict[int, Path] = {}
+
+    def get(k: int) -> Path:
+        if k not in runs:
+            run_dir = setup["root"] / f"reference_k{k}"
+            proc = _run(_args(setup, run_dir, f"rollout.max_staleness={k}"), "--record",
+                        str(setup["root"] / f"rollouts_k{k}"))
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            runs[k] = run_dir
+        return runs[k]
+
+    return get
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_rollouts_ahead_train_within_the_staleness_bound_with_the_correction(ahead_reference, k):
+    from dcpo_mcore.metrics.keys import describe
+
+    rows = _metrics(ahead_reference(k))
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    undocumented = sorted({key for r in rows.values() for key in r if key != "step" and describe(key) is None})
+    assert undocumented == [], "add these to dcpo_mcore/metrics/keys.py"
+    # v(t) = max(t-1-k, 0): the batch of step t is t-1-v(t) versions old (docs/algorithm.md [async-rollout])
+    ages = [t - 1 - max(t - 1 - k, 0) for t in range(1, STEPS + 1)]
+    assert [rows[t]["rollout/staleness_max"] for t in rows] == [float(a) for a in ages]
+    assert [rows[t]["rollout/staleness_mean"] for t in rows] == [float(a) for a in ages]
+    for t, r in rows.items():
+        assert r["rollout/dropped_stale"] == 0.0 and r["invariant/first_update_ratio_is_one"] == 1.0
+        # algo.tis_cap defaults to 2 off-policy: the weights are real, and capped
+        assert 0.0 < r["mismatch/tis_weight_mean"] <= 2.0 and 0.0 <= r["mismatch/tis_truncated_fraction"] <= 1.0
+        if ages[t - 1] == 0:  # the step's own policy: trainer and sampler agree, and the invariant is checked
+            assert r["mismatch/logprob_abs_mean"] < 1e-4 and r["invariant/mismatch_within_bound"] == 1.0
+            assert abs(r["mismatch/tis_weight_mean"] - 1.0) < 1e-3
+        else:  # older weights drew these tokens: the gap is real, and it is not called a broken engine
+            assert r["mismatch/logprob_abs_mean"] > 1e-4 and "invariant/mismatch_within_bound" not in r
+        assert 0.0 <= r["timing/overlap_ratio"] <= 1.0 and r["timing/trainer_idle_seconds"] >= 0.0
+        assert r["timing/orchestration_seconds"] >= 0.0
+    assert rows[2]["timing/overlap_ratio"] > 0.0  # step 2's batch was generated while step 1 trained
+
+
+def test_on_policy_steps_report_no_overlap(reference):
+    for r in _metrics(reference).values():
+        assert r["rollout/staleness_max"] == 0.0 and r["timing/overlap_ratio"] == 0.0
+        assert r["timing/trainer_idle_seconds"] > 0.0 and "mismatch/tis_weight_mean" not in r
+
+
+@pytest.mark.parametrize("k,point,step", [(1, "rollout", 3), (1, "update", 3), (1, "sync", 2), (1, "save", 2),
+                                          (2, "update", 2), (2, "sync", 2)])
+def test_kill9_with_rollouts_ahead_resumes_exactly(setup, ahead_reference, k, point, step):
+    """The checkpoint keeps the batches generated ahead (their weight versions are gone after the kill);
+    the one in progress is generated again with the same version (push_mode=wait), here replayed."""
+    reference = ahead_reference(k)
+    run_dir = setup["root"] / f"killed_k{k}_{point}"
+    replay = ("--replay", str(setup["root"] / f"rollouts_k{k}"))
+    args = _args(setup, run_dir, f"rollout.max_staleness={k}")
+    killed = _run(args, *replay, "--kill", point, str(step))
+    assert killed.returncode == -9, (killed.returncode, killed.stdout[-2000:], killed.stderr[-3000:])
+    _assert_nothing_left_holding(run_dir, "the SIGKILLed trainer")
+    resumed = _run(args, *replay)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    if point != "rollout":  # (generation runs beside the first checkpoint's save: either may come first)
+        assert "resuming at step" in resumed.stderr and "restored from the checkpoint" in resumed.stderr, \
+            resumed.stderr[-3000:]
+    _assert_same_run(reference, run_dir)
+
+
+def _own_server(*extra: str) -> tuple[str, ...]:
+    """Overrides for a run that launches its own SGLang server (so a killed one is restarted by us)."""
+    return ("rollout.server_urls=[]", "rollout.num_servers=1", "rollout.max_staleness=1", *extra)
+
+
+def test_a_server_killed_while_generating_ahead_is_never_trained_on(setup):
+    """The server dies as step 3's batch starts generating, while step 2 trains. The restarted server
+    answers with its start-up weights (version "default"): every group is dropped when step 3 takes the
+    batch, the weights are pushed again and the groups regenerated with the step's own policy."""
+    run_dir = setup["root"] / "ahead_server_killed"
+    proc = _run(_args(setup, run_dir, *_own_server()), "--kill-server", "rollout", "3", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "[kill_trainer] SIGKILL to SGLang server_0" in proc.stdout
+    rows = _metrics(run_dir)
+    assert sorted(rows) == [1, 2, 3]
+    assert rows[2]["rollout/dropped_stale"] == 0.0 and rows[3]["rollout/dropped_stale"] == 4.0, rows[3]
+    assert rows[3]["rollout/staleness_max"] == 0.0  # regenerated with version 2
+    assert rows[3]["mismatch/logprob_abs_mean"] < 1e-4 and rows[3]["invariant/mismatch_within_bound"] == 1.0
+
+
+def test_a_push_failing_while_generation_runs_stops_before_another_step(setup):
+    """push_mode=retract: generation for step 3 runs during step 2's push, and the server dies in the
+    broadcast. SGLang keeps partly updated weights, so the run stops in one line with step 2 unlogged and
+    nothing trained on what the servers made after; the rerun resumes from step 1 and finishes."""
+    run_dir = setup["root"] / "ahead_push_failed"
+    args = _args(setup, run_dir, *_own_server("rollout.push_mode=retract"))
+    proc = _run([*args, "sync.max_attempts=1"], "--kill-server", "sync", "2", timeout=900)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-4000:])
+    assert "weight sync failed after 1 attempt(s)" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(_metrics(run_dir)) == [1]
+    _assert_nothing_left_holding(run_dir, "the trainer stopped by a failed push")
+    resumed = _run(args, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming at step 1" in resumed.stderr and sorted(_metrics(run_dir)) == [1, 2, 3]
 
 
 def test_megatron_checkpoint_as_initial_policy(setup, reference):
@@ -261,7 +372,7 @@ def test_tp2_run_with_evaluation_before_the_first_step(setup):
         row = rows[step]
         assert 0.0 <= row["eval/synthetic_arith/avg@1"] <= 1.0 and row["eval/synthetic_arith/problems"] == 16.0, row
     assert "eval/synthetic_arith/avg@1" not in rows[1] and rows[2]["timing/eval_seconds"] > 0
-    assert rows[1]["rollout/stale_groups_regenerated"] == 0.0 and rows[2]["rollout/stale_groups_regenerated"] == 0.0
+    assert rows[1]["rollout/dropped_stale"] == 0.0 and rows[2]["rollout/dropped_stale"] == 0.0
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])

@@ -330,3 +330,19 @@ def test_a_complete_tmp_directory_is_still_never_loaded(tmp_path):
     assert mgr.find_latest_valid() is None
     with pytest.raises(CheckpointError, match="never loaded"):
         mgr.load(tmp, lambda d: None)
+
+
+def test_rank0_files_round_trip_and_are_covered_by_the_manifest(tmp_path):
+    mgr = manager(tmp_path)
+    path = mgr.save(4, engine_save, trainer_state(4), rank0_files={"rollout_buffer.json": b'{"5": 1}'})
+    assert mgr.read_rank0_file(path, "rollout_buffer.json") == b'{"5": 1}'
+    assert mgr.read_rank0_file(save(mgr, 5), "rollout_buffer.json") is None  # a checkpoint without one
+    (path / "rollout_buffer.json").write_bytes(b'{"5": 2}')  # edited: the manifest's checksum catches it
+    with pytest.raises(CheckpointError, match="rollout_buffer.json"):
+        mgr.load(path, lambda d: None)
+
+
+@pytest.mark.parametrize("name", ["trainer_state.json", "rng", "a/b"])
+def test_a_rank0_file_cannot_replace_the_checkpoints_own(tmp_path, name):
+    with pytest.raises(CheckpointError, match="not saved"):
+        manager(tmp_path).save(1, engine_save, trainer_state(1), rank0_files={name: b"x"})

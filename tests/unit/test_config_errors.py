@@ -73,6 +73,9 @@ INVALID = {
     "wrong_type": (["seed=abc"], ["seed", "valid integer", "got 'abc'"]),
     "list_item": (["data.train_files=[[a]]"], ["data.train_files[0]", "valid string"]),
     "section_not_mapping": (["logging=3"], ["logging", "valid dictionary"]),
+    "pause_without_staleness": (["rollout.push_mode=retract"],
+                                ["rollout.push_mode: retract", "rollout.max_staleness=0"]),
+    "negative_staleness": (["rollout.max_staleness=-1"], ["rollout.max_staleness", "greater than or equal to 0"]),
 }
 
 
@@ -162,3 +165,11 @@ def test_defaults_alone_need_an_architecture(tmp_path):
     empty.write_text("# nothing\n")
     for path in (None, empty):
         assert _error([], path).startswith("model: architecture not set")
+
+
+@pytest.mark.parametrize("overrides,cap", [([], None), (["rollout.max_staleness=1"], 2.0),
+                                            (["rollout.max_staleness=2", "algo.tis_cap=null"], None),
+                                            (["rollout.max_staleness=1", "algo.tis_cap=5"], 5.0),
+                                            (["algo.tis_cap=3"], 3.0)])
+def test_the_importance_weight_cap_defaults_on_only_off_policy(overrides, cap):
+    assert load_config(TINY, overrides).algo.tis_cap == cap

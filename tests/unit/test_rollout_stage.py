@@ -98,17 +98,73 @@ def test_dapo_gives_up_with_a_clear_error_after_max_gen_batches():
 
 
 def test_groups_from_stale_weights_are_pushed_again_and_regenerated():
-    # the first call answers with version "6" (a restarted server), the regeneration with "7"
+    # step 8 trains the policy of version 7: the first call answers with version "6" (one step old,
+    # too old on-policy), the regeneration with "7"
     client = ScriptedClient({"p0": {1}}, ["6", "7"])
     stage, sync = _stage(client, dynamic=False)
-    batch = stage.collect(step=2)
+    batch = stage.collect(step=8)
     assert sync.pushes == 1 and batch.stale_regenerated == 2
-    assert client.calls == [(["p0", "p1"], 2), (["p0", "p1"], 2)]
+    assert client.calls == [(["p0", "p1"], 8), (["p0", "p1"], 8)]
     assert batch.keys == ["p0"] * 4 + ["p1"] * 4 and batch.generated_responses == 16
+    assert batch.staleness_mean == 0.0 and batch.staleness_max == 0
+
+
+@pytest.mark.parametrize("label", ["default", "8", "-1", "7.0", None])
+def test_a_version_that_is_unknown_or_newer_than_the_last_push_is_stale(label):
+    stage, sync = _stage(ScriptedClient({}, [label, "7"]), dynamic=False)
+    batch = stage.collect(step=8)
+    assert sync.pushes == 1 and batch.stale_regenerated == 2
+
+
+class Ahead:
+    """The rollout stage's view of a producer generating ahead with bound ``max_staleness``."""
+
+    def __init__(self, stage, k):
+        self.max_staleness, self.stage, self.quiet_calls = k, stage, 0
+
+    def take(self, step):
+        return self.stage._generate_all(step)
+
+    def quiet(self):
+        import contextlib
+
+        self.quiet_calls += 1
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("k,versions,dropped,age", [
+    (2, ["5", "7"], 0, 2.0),   # two versions old, bound 2: trained on
+    (1, ["5", "7"], 2, 0.0),   # bound 1: dropped, regenerated with the current weights
+    (2, ["4", "7"], 2, 0.0),   # three versions old
+])
+def test_the_staleness_bound_keeps_or_drops_groups(k, versions, dropped, age):
+    stage, sync = _stage(ScriptedClient({}, versions), dynamic=False)
+    stage.producer = ahead = Ahead(stage, k)
+    batch = stage.collect(step=8)
+    assert batch.stale_regenerated == dropped and sync.pushes == (1 if dropped else 0)
+    assert ahead.quiet_calls == sync.pushes  # every repair ran with nothing generated ahead
+    assert batch.staleness_mean == age and batch.staleness_max == int(age)
+
+
+def test_a_sample_spanning_two_versions_is_judged_by_its_oldest():
+    client = ScriptedClient({}, ["7"])
+    stage, _ = _stage(client, dynamic=False)
+    stage.producer = Ahead(stage, 1)
+    orig = client.generate_sync
+
+    def spanning(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        out[0][0] = GenerateResponse.model_validate({**out[0][0].model_dump(), "weight_versions": [
+            {"version": "6", "start": 0, "end": 1}, {"version": "7", "start": 1, "end": 2}]})
+        return out
+
+    client.generate_sync = spanning
+    batch = stage.collect(step=8)
+    assert batch.stale_regenerated == 0 and batch.staleness_max == 1 and batch.staleness_mean == 0.5
 
 
 def test_servers_that_stay_stale_stop_the_step():
     stage, sync = _stage(ScriptedClient({}, ["6"]), dynamic=False)
     with pytest.raises(RolloutStepError, match="stale weights"):
-        stage.collect(step=1)
+        stage.collect(step=8)
     assert sync.pushes == 3

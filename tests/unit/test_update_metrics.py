@@ -61,3 +61,6 @@ def test_mismatch_bound_is_the_configured_one():
     assert _mismatch_metrics(batch, trainer, bound)["invariant/mismatch_within_bound"] == 1.0
     assert _mismatch_metrics(batch, trainer, 0.05)["invariant/mismatch_within_bound"] == 0.0
     assert _mismatch_metrics(batch, trainer, 0.05)["mismatch/logprob_abs_mean"] == pytest.approx(0.1, abs=1e-6)
+    off_policy = _mismatch_metrics(batch, trainer, None)  # a batch generated ahead: reported, not checked
+    assert "invariant/mismatch_within_bound" not in off_policy
+    assert off_policy["mismatch/logprob_abs_mean"] == pytest.approx(0.1, abs=1e-6)

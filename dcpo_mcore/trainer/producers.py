@@ -11,8 +11,8 @@ Step timing (``step_timing``), on rank 0:
   before the push for the batches that need the old weights;
 * ``timing/rollout_idle_seconds``: the servers with nothing to generate (on-policy: the step outside
   generation; ahead: rank 0's generation thread waiting for a weight version);
-* ``timing/overlap_ratio``: the share of the taken batch's generation time hidden behind training
-  (0 on-policy);
+* ``timing/overlap_ratio``: the share of the taken batch's generation time hidden behind training,
+  1 - (both waits above) / (its generation seconds), at least 0 (0 on-policy);
 * ``timing/orchestration_seconds``: the step outside generation waits, the update, the push, evaluation
   and the checkpoint: broadcasts, checks, metrics and logging.
 """
@@ -108,7 +108,10 @@ class AheadProducer:
 
     def step_timing(self, phases: dict[str, float], push_wait: float) -> dict[str, float]:
         idle, self._idle_mark = self._buffer.rollout_idle_seconds - self._idle_mark, self._buffer.rollout_idle_seconds
-        overlap = 1.0 - min(self._wait / self._generation, 1.0) if self._generation > 0 else 1.0
+        # The trainer waits for generation in two places: for its own batch, and (push_mode=wait) before
+        # the push, for the batches that need the weights it replaces. What it did not wait for was hidden.
+        waited = self._wait + push_wait
+        overlap = 1.0 - min(waited / self._generation, 1.0) if self._generation > 0 else 1.0
         return _timing(phases, self._wait, push_wait, rollout_idle=idle, overlap=overlap)
 
 

@@ -32,7 +32,7 @@ def test_ahead_timing_by_hand():
         producer._wait, producer._generation = 0.5, 2.0  # waited 0.5 s of a 2 s generation
         producer._buffer.rollout_idle_seconds = 1.5
         got = producer.step_timing(PHASES, push_wait=0.25)
-        assert got["timing/trainer_idle_seconds"] == 0.75 and got["timing/overlap_ratio"] == 0.75
+        assert got["timing/trainer_idle_seconds"] == 0.75 and got["timing/overlap_ratio"] == 1 - 0.75 / 2.0
         assert got["timing/rollout_idle_seconds"] == 1.5
         assert got["timing/orchestration_seconds"] == pytest.approx(10.0 - 0.5 - 0.25 - 5.75)
         producer._buffer.rollout_idle_seconds = 2.0  # the next step counts only its own idle time

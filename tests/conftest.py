@@ -28,7 +28,7 @@ _TESTS = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config, items):
     mcore_api = {str(_TESTS / f) for f in MCORE_API_FILES}
     for item in items:
-        if str(item.path) in mcore_api:
+        if str(item.path) in mcore_api and item.get_closest_marker("first_stack_only") is None:
             item.add_marker(pytest.mark.mcore_api)
     try:
         import torch

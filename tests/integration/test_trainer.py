@@ -202,6 +202,7 @@ def ahead_reference(setup):
     return get
 
 
+@pytest.mark.first_stack_only  # the rollout producer is ours; the engine path is the K=0 tests'
 @pytest.mark.parametrize("k", [1, 2])
 def test_rollouts_ahead_train_within_the_staleness_bound_with_the_correction(ahead_reference, k):
     from dcpo_mcore.metrics.keys import describe
@@ -228,12 +229,14 @@ def test_rollouts_ahead_train_within_the_staleness_bound_with_the_correction(ahe
     assert rows[2]["timing/overlap_ratio"] > 0.0  # step 2's batch was generated while step 1 trained
 
 
+@pytest.mark.first_stack_only  # the rollout producer is ours; the engine path is the K=0 tests'
 def test_on_policy_steps_report_no_overlap(reference):
     for r in _metrics(reference).values():
         assert r["rollout/staleness_max"] == 0.0 and r["timing/overlap_ratio"] == 0.0
         assert r["timing/trainer_idle_seconds"] > 0.0 and "mismatch/tis_weight_mean" not in r
 
 
+@pytest.mark.first_stack_only  # the rollout producer is ours; the engine path is the K=0 tests'
 @pytest.mark.parametrize("k,point,step", [(1, "rollout", 3), (1, "update", 3), (1, "sync", 2), (1, "save", 2),
                                           (2, "update", 2), (2, "sync", 2)])
 def test_kill9_with_rollouts_ahead_resumes_exactly(setup, ahead_reference, k, point, step):
@@ -259,6 +262,7 @@ def _own_server(*extra: str) -> tuple[str, ...]:
     return ("rollout.server_urls=[]", "rollout.num_servers=1", "rollout.max_staleness=1", *extra)
 
 
+@pytest.mark.first_stack_only  # the rollout producer is ours; the engine path is the K=0 tests'
 def test_a_server_killed_while_generating_ahead_is_never_trained_on(setup):
     """The server dies as step 3's batch starts generating, while step 2 trains. The restarted server
     answers with its start-up weights (version "default"): every group is dropped when step 3 takes the
@@ -274,6 +278,7 @@ def test_a_server_killed_while_generating_ahead_is_never_trained_on(setup):
     assert rows[3]["mismatch/logprob_abs_mean"] < 1e-4 and rows[3]["invariant/mismatch_within_bound"] == 1.0
 
 
+@pytest.mark.first_stack_only  # the rollout producer is ours; the engine path is the K=0 tests'
 def test_a_push_failing_while_generation_runs_stops_before_another_step(setup):
     """push_mode=retract: generation for step 3 runs during step 2's push, and the server dies in the
     broadcast. SGLang keeps partly updated weights, so the run stops in one line with step 2 unlogged and

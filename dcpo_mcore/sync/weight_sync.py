@@ -160,21 +160,23 @@ class WeightSync:
         mode = self.settings.pause_mode
         if not (self.rank0 and mode):
             return False
-        paused = False
-        for a in self.admins:
-            try:
-                a.pause_generation(mode)
-                paused = True
-            except Exception as exc:  # noqa: BLE001 - liveness is _prepare's job; say it and go on
-                log.warning("could not pause generation on %s before the push: %s", a.url, one_line(exc, 300))
-        return paused
+        return self._on_every_worker(lambda a: a.pause_generation(mode), "pause generation on %s before the push")
 
     def _continue_generation(self) -> None:
-        for a in self.admins:  # before verify(), whose /generate calls a paused worker would hold
+        # before verify(), whose /generate calls a paused worker would hold; one that died since restarts unpaused
+        self._on_every_worker(lambda a: a.continue_generation(), "resume generation on %s after the push")
+
+    def _on_every_worker(self, call, doing: str) -> bool:
+        """``call(admin)`` on every worker; a failure is a warning (liveness is _prepare's job). True if any
+        succeeded."""
+        done = False
+        for a in self.admins:
             try:
-                a.continue_generation()
-            except Exception as exc:  # noqa: BLE001 - a worker that died since is restarted unpaused
-                log.warning("could not resume generation on %s after the push: %s", a.url, one_line(exc, 300))
+                call(a)
+                done = True
+            except Exception as exc:  # noqa: BLE001 - say it and go on
+                log.warning("could not " + doing + ": %s", a.url, one_line(exc, 300))
+        return done
 
     def verify(self) -> float:
         """Max |trainer - server| prompt log-prob over the fixed sequences and all workers. Collective.

@@ -22,7 +22,7 @@ import contextlib
 import time
 from typing import Any, Callable, ContextManager
 
-from .ahead import AheadBuffer, generation_version
+from .ahead import AheadBuffer
 
 
 class OnPolicyProducer:
@@ -73,16 +73,12 @@ class AheadProducer:
     def __init__(self, generate: Callable[[int], Any], *, first: int, last_step: int, max_staleness: int,
                  wait_for_generation: bool, preloaded: dict[int, Any] | None = None,
                  abort: Callable[[], None] | None = None):
-        self.max_staleness, self.first = max_staleness, first
+        self.max_staleness = max_staleness
         self._wait_for_generation, self._abort = wait_for_generation, abort
         self._buffer = AheadBuffer(generate, first=first, last_step=last_step, max_staleness=max_staleness,
                                    preloaded=preloaded)
         self._wait = self._generation = 0.0
         self._idle_mark = 0.0
-
-    def version_of(self, step: int) -> int:
-        """The weight version the batch of ``step`` is generated with (push_mode=wait: exactly)."""
-        return generation_version(step, self.first, self.max_staleness)
 
     def take(self, step: int) -> Any:
         batch, self._wait = self._buffer.take(step)

@@ -55,7 +55,7 @@ class RolloutBatch:
     truncated: list[bool] = field(default_factory=list)  # stopped by max_new_tokens
     generated_responses: int = 0  # everything SGLang produced for this step, dropped groups included
     generation_rounds: int = 0
-    stale_regenerated: int = 0  # groups dropped and generated again: their weights were stale (rollout/dropped_stale)
+    dropped_stale: int = 0  # groups dropped and generated again: their weights were unknown or too old
     staleness_mean: float = 0.0  # versions between the step's policy and each group's oldest generating version
     staleness_max: int = 0
     cursor_state: dict | None = None  # rank 0's prompt cursor after this step (shared with all ranks)
@@ -240,5 +240,5 @@ class RolloutStage:
                 out.extend(batch, [g])
         out.generated_responses = batch.generated_responses + len(fresh.keys)
         out.generation_rounds, out.cursor_state = batch.generation_rounds, batch.cursor_state
-        out.stale_regenerated = batch.stale_regenerated + len(stale)
+        out.dropped_stale = batch.dropped_stale + len(stale)
         return out

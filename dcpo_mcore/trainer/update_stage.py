@@ -107,7 +107,7 @@ def _rollout_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]
         "rollout/truncated_ratio": sum(batch.truncated) / n,
         "rollout/generated_responses": float(batch.generated_responses),
         "rollout/generation_rounds": float(batch.generation_rounds),
-        "rollout/dropped_stale": float(batch.stale_regenerated),
+        "rollout/dropped_stale": float(batch.dropped_stale),
         "rollout/staleness_mean": batch.staleness_mean,
         "rollout/staleness_max": float(batch.staleness_max),
         "perf/trained_tokens": float(sum(lengths) + sum(len(p) for p in batch.prompt_ids)),

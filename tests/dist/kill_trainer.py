@@ -88,20 +88,7 @@ def install_kill(point: str, step: int) -> None:
         trainer_mod.update_policy = update_policy
         _track_step()
     elif point == "sync":
-        from dcpo_mcore.sync.weight_sync import WeightSync
-
-        orig_push, orig_stream = WeightSync.push, WeightSync._stream
-
-        def push(self, version):
-            self._kill_now = version == str(step)
-            return orig_push(self, version)
-
-        def stream(self, timings):
-            if getattr(self, "_kill_now", False):
-                _die(f"weight push of step {step}")
-            return orig_stream(self, timings)
-
-        WeightSync.push, WeightSync._stream = push, stream
+        _during_push(step, lambda: _die(f"weight push of step {step}"))
     elif point == "save":
         from dcpo_mcore.checkpoint.manager import CheckpointManager
 
@@ -173,23 +160,28 @@ def install_server_kill(point: str, step: int) -> None:
 
         RolloutStage._generate_all = generate_all
     elif point == "sync":
-        from dcpo_mcore.sync.weight_sync import WeightSync
-
-        orig_push, orig_stream = WeightSync.push, WeightSync._stream
-
-        def push(self, version):
-            self._kill_server_now = version == str(step)
-            return orig_push(self, version)
-
-        def stream(self, timings):
-            if getattr(self, "_kill_server_now", False):
-                self._kill_server_now = False
-                _kill_server(f"the weight push of step {step}")
-            return orig_stream(self, timings)
-
-        WeightSync.push, WeightSync._stream = push, stream
+        _during_push(step, lambda: _kill_server(f"the weight push of step {step}"))
     else:
         raise SystemExit(f"unknown server kill point {point!r}")
+
+
+def _during_push(step: int, act) -> None:
+    """Call ``act()`` once, inside the weight push after step ``step``, as its first attempt streams."""
+    from dcpo_mcore.sync.weight_sync import WeightSync
+
+    orig_push, orig_stream = WeightSync.push, WeightSync._stream
+
+    def push(self, version):
+        self._act_now = version == str(step)
+        return orig_push(self, version)
+
+    def stream(self, timings):
+        if getattr(self, "_act_now", False):
+            self._act_now = False
+            act()
+        return orig_stream(self, timings)
+
+    WeightSync.push, WeightSync._stream = push, stream
 
 
 def _track_step() -> None:

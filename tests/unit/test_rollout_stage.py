@@ -103,7 +103,7 @@ def test_groups_from_stale_weights_are_pushed_again_and_regenerated():
     client = ScriptedClient({"p0": {1}}, ["6", "7"])
     stage, sync = _stage(client, dynamic=False)
     batch = stage.collect(step=8)
-    assert sync.pushes == 1 and batch.stale_regenerated == 2
+    assert sync.pushes == 1 and batch.dropped_stale == 2
     assert client.calls == [(["p0", "p1"], 8), (["p0", "p1"], 8)]
     assert batch.keys == ["p0"] * 4 + ["p1"] * 4 and batch.generated_responses == 16
     assert batch.staleness_mean == 0.0 and batch.staleness_max == 0
@@ -113,7 +113,7 @@ def test_groups_from_stale_weights_are_pushed_again_and_regenerated():
 def test_a_version_that_is_unknown_or_newer_than_the_last_push_is_stale(label):
     stage, sync = _stage(ScriptedClient({}, [label, "7"]), dynamic=False)
     batch = stage.collect(step=8)
-    assert sync.pushes == 1 and batch.stale_regenerated == 2
+    assert sync.pushes == 1 and batch.dropped_stale == 2
 
 
 class Ahead:
@@ -141,7 +141,7 @@ def test_the_staleness_bound_keeps_or_drops_groups(k, versions, dropped, age):
     stage, sync = _stage(ScriptedClient({}, versions), dynamic=False)
     stage.producer = ahead = Ahead(stage, k)
     batch = stage.collect(step=8)
-    assert batch.stale_regenerated == dropped and sync.pushes == (1 if dropped else 0)
+    assert batch.dropped_stale == dropped and sync.pushes == (1 if dropped else 0)
     assert ahead.quiet_calls == sync.pushes  # every repair ran with nothing generated ahead
     assert batch.staleness_mean == age and batch.staleness_max == int(age)
 
@@ -160,7 +160,7 @@ def test_a_sample_spanning_two_versions_is_judged_by_its_oldest():
 
     client.generate_sync = spanning
     batch = stage.collect(step=8)
-    assert batch.stale_regenerated == 0 and batch.staleness_max == 1 and batch.staleness_mean == 0.5
+    assert batch.dropped_stale == 0 and batch.staleness_max == 1 and batch.staleness_mean == 0.5
 
 
 def test_servers_that_stay_stale_stop_the_step():
